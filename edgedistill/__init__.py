@@ -1,0 +1,12 @@
+"""edgedistill: distill a trained image classifier into a small deployable model without its training data."""
+__version__ = "0.1.0"
+
+
+def compress(recipe, run_dir=None, fresh=False, stages=None, console=None):
+    """Runs the recipe's stages and returns the report; see `edgedistill.pipeline.compress`."""
+    from .pipeline import STAGES, compress as _compress
+
+    return _compress(recipe, run_dir=run_dir, fresh=fresh, stages=tuple(stages or STAGES), console=console)
+
+
+__all__ = ["compress", "__version__"]

@@ -1,0 +1,330 @@
+"""compress: select -> (class-drop +) distill -> export -> validate, each stage skipped when its inputs are unchanged."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .distill import distill
+from .errors import BadInput, BudgetFailed, TargetUnavailable
+from .export import check_parity, export_onnx, parity_dict
+from .gate import write_gate_files
+from .models import build_student_model, count_parameters, fit_state_dict
+from .pool import build_pool
+from .quantize import quantize_int8
+from .recipe import Recipe
+from .report import write_report_html
+from .rundir import RunDir, atomic_path, atomic_write_json
+from .select import load_selection, save_selection, select_pool
+from .teacher import load_teacher_model
+from .validate import EvalSet, load_labeled, measure_int8, predict_torch, validate_target
+
+STAGES = ("select", "distill", "export", "validate")
+HOLDOUT = 500
+log = logging.getLogger("edgedistill")
+
+
+def load_teacher(recipe: Recipe) -> nn.Module:
+    """From any source the recipe names (edgedistill.teacher), frozen, checked to run on the recipe's input."""
+    t = recipe.teacher
+    return load_teacher_model(t, recipe.resolve(t.weights) if t.weights is not None else None, recipe.base_dir)
+
+
+def build_student(recipe: Recipe) -> nn.Module:
+    t, s = recipe.teacher, recipe.student
+    return build_student_model(s.arch, t.num_classes, t.input, s.feature_layer, recipe.base_dir)
+
+
+def save_student(student: nn.Module, recipe: Recipe, run: RunDir) -> None:
+    with atomic_path(run / "student.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
+    atomic_write_json(run / "student.json", {
+        "arch": recipe.student.arch, "num_classes": recipe.teacher.num_classes,
+        "class_names": recipe.teacher.class_names, "input": recipe.teacher.input.model_dump(),
+        "teacher": recipe.teacher.arch, "edgedistill_version": __version__,
+    })
+
+
+def load_student(recipe: Recipe, run: RunDir) -> nn.Module:
+    student = build_student(recipe)
+    path = run / "student.safetensors"
+    fit_state_dict(student, load_file(str(path)), path)
+    return student.eval()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+                    disable=not console.is_terminal and not console.is_jupyter and console.quiet)
+
+
+@contextmanager
+def _file_log(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torchvision
+
+    return {"edgedistill": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__}
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, run_dir: Path, console: Console):
+        self.recipe, self.run, self.console = recipe, RunDir(run_dir), console
+        self._teacher: nn.Module | None = None
+
+    @property
+    def teacher(self) -> nn.Module:
+        if self._teacher is None:
+            self._teacher = load_teacher(self.recipe)
+        return self._teacher
+
+    def inputs(self, stage: str) -> dict:
+        r = self.recipe
+        sections = {
+            "select": (["seed", "teacher", "pool", "select"], []),
+            "distill": (["seed", "teacher", "class_drop", "student", "distill", "eval"], ["select"]),
+            "export": (["seed", "teacher", "student", "export"], ["select", "distill"]),
+            "validate": (["teacher", "eval", "targets"], ["select", "export"]),
+        }[stage]
+        recipe_part = r.section(*sections[0])
+        if stage == "export":
+            recipe_part["tensorrt_int8"] = self._needs_tensorrt_int8()
+        return self.run.stage_inputs(stage, recipe_part, sections[1])
+
+    def _needs_tensorrt_int8(self) -> bool:
+        return self.recipe.export.int8.enabled and any(
+            t.precision == "int8" and t.runtime in ("tensorrt", "trtexec") for t in self.recipe.targets)
+
+    def target_model(self, target) -> Path:
+        """student.onnx, or the INT8 copy an int8 target runs: ORT's U8S8 one, or the symmetric one TensorRT parses."""
+        if target.precision != "int8":
+            return self.run / "student.onnx"
+        return self.run / ("student.int8.onnx" if target.runtime == "onnxruntime" else "student.int8.trt.onnx")
+
+    def stage_select(self, progress: Progress) -> None:
+        pool = build_pool(self.recipe)
+        task = progress.add_task("select: scoring pool", total=len(pool), info=f"{len(pool.parts)} sources")
+        selection = select_pool(self.teacher, pool, self.recipe.select, self.recipe.teacher.num_classes, self.recipe.seed,
+                                on_batch=lambda n: progress.advance(task, n))
+        save_selection(selection, self.run / "selected.npz")
+        atomic_write_json(self.run / "selection.json", selection.stats)
+        s = selection.stats
+        log.info("select: %d of %d pool images kept, %d unreadable", s["selected"], s["pool_size"], s["skipped"])
+        if s["skipped"]:
+            self.console.print(f"[yellow]select: skipped {s['skipped']} unreadable files {s['skipped_reasons']}, e.g. {s['skipped_examples'][0]}")
+        if s["under_covered_classes"]:
+            self.console.print(f"[yellow]select: the pool barely covers classes {s['under_covered_classes']} "
+                               f"(selected {[s['selected_per_class'][c] for c in s['under_covered_classes']]} of {self.recipe.select.per_class})")
+        self.run.mark_done("select", self.inputs("select"), ["selected.npz", "selection.json"], {"selected": s["selected"]})
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic train/holdout split of the selection: the holdout measures agreement without labels."""
+        selection = load_selection(self.run / "selected.npz")
+        n = len(selection.images)
+        holdout = np.zeros(n, dtype=bool)
+        holdout[np.random.default_rng(self.recipe.seed).permutation(n)[: min(HOLDOUT, n // 20)]] = True
+        return selection.images[~holdout], selection.images[holdout]
+
+    def eval_set(self) -> EvalSet:
+        if self.recipe.eval.labeled:
+            return load_labeled(self.recipe.eval.labeled, self.recipe)
+        return EvalSet("selection holdout (teacher agreement)", self._split()[1], None)
+
+    def stage_distill(self, progress: Progress) -> None:
+        r = self.recipe
+        train, _ = self._split()
+        if len(train) < r.distill.batch_size:
+            raise BadInput(f"distill.batch_size {r.distill.batch_size} exceeds the {len(train)} selected training samples; lower it or select more")
+        eval_set = self.eval_set()
+        spec = r.teacher.input
+
+        def evaluate(student: nn.Module) -> dict:
+            pred = predict_torch(student, eval_set.images, spec).argmax(1)
+            out = {"agreement": float((pred == teacher_pred).mean())}
+            if eval_set.labels is not None:
+                out["accuracy"] = float((pred == eval_set.labels).mean())
+            return out
+
+        teacher_pred = predict_torch(self.teacher, eval_set.images, spec).argmax(1)
+        steps = max(1, len(train) // r.distill.batch_size)
+        task = progress.add_task("distill", total=r.distill.epochs * steps, info="")
+        ckpt = self.run / "distill.ckpt"
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            progress.update(task, completed=state["epoch"] * steps)
+            self.console.print(f"distill: resumed at epoch {state['epoch']} from the checkpoint of an interrupted run")
+
+        def on_epoch(rec: dict) -> None:
+            shown = f"epoch {rec['epoch']} loss {rec['loss']:.3f} agree {rec['agreement']:.3f}"
+            if "accuracy" in rec:
+                shown += f" acc {rec['accuracy']:.3f}"
+            progress.update(task, info=shown)
+            log.info("distill: %s", json.dumps(rec))
+
+        started = time.perf_counter()
+        result = distill(self.teacher, build_student(r), train, r.distill, r.class_drop, spec, r.seed,
+                         checkpoint=ckpt, evaluate=evaluate, on_epoch=on_epoch, on_step=lambda: progress.advance(task))
+        save_student(result.student, r, self.run)
+        atomic_write_json(self.run / "history.json", result.history)
+        self.run.mark_done("distill", self.inputs("distill"), ["student.safetensors", "student.json", "history.json"],
+                           {"seconds": time.perf_counter() - started})
+        ckpt.unlink(missing_ok=True)
+
+    def stage_export(self, progress: Progress) -> None:
+        r = self.recipe
+        task = progress.add_task("export: onnx", total=2, info="")
+        student = load_student(r, self.run)
+        export_onnx(student, r.teacher.input, self.run / "student.onnx", r.teacher.class_names)
+        progress.advance(task)
+        _, holdout = self._split()
+        sample = holdout if len(holdout) else load_selection(self.run / "selected.npz").images[:256]
+        parity = parity_dict(check_parity(student, self.run / "student.onnx", sample, r.teacher.input))
+        atomic_write_json(self.run / "parity.json", parity)
+        progress.advance(task)
+        if parity["top1_agreement"] < 0.99 or parity["max_abs_diff"] > 1e-3:
+            self.console.print(f"[yellow]export: ONNX and PyTorch differ: {parity}")
+        outputs = ["student.onnx", "parity.json"]
+        for stale in ("student.int8.onnx", "student.int8.trt.onnx", "int8.json"):
+            (self.run / stale).unlink(missing_ok=True)
+        if r.export.int8.enabled:
+            outputs += self._export_int8(progress)
+        self.run.mark_done("export", self.inputs("export"), outputs)
+
+    def _export_int8(self, progress: Progress) -> list[str]:
+        """INT8 copies calibrated on the selection's training split: the pool images the student learned from."""
+        r, spec, q = self.recipe, self.recipe.teacher.input, self.recipe.export.int8
+        train, _ = self._split()
+        calibration = train if len(train) else load_selection(self.run / "selected.npz").images
+        variants = {"student.int8.onnx": False} | ({"student.int8.trt.onnx": True} if self._needs_tensorrt_int8() else {})
+        task = progress.add_task("export: int8", total=len(variants), info=f"{q.method}, {min(q.samples, len(calibration))} samples")
+        info = {"method": q.method, "calibration_source": "selected.npz (training split)", "models": {}}
+        for name, for_tensorrt in variants.items():
+            result = quantize_int8(self.run / "student.onnx", self.run / name, calibration, spec.mean, spec.std,
+                                   method=q.method, max_samples=q.samples, seed=r.seed, for_tensorrt=for_tensorrt)
+            info["calibration_samples"] = result.calibration_samples
+            info["models"][name] = {"bytes": result.size_bytes, "fp32_bytes": result.fp32_size_bytes,
+                                    "for_tensorrt": for_tensorrt}
+            progress.advance(task)
+        atomic_write_json(self.run / "int8.json", info)
+        log.info("export: int8 %s", json.dumps(info))
+        return [*variants, "int8.json"]
+
+    def stage_validate(self, progress: Progress) -> None:
+        r = self.recipe
+        eval_set = self.eval_set()
+        spec = r.teacher.input
+        teacher_logits = predict_torch(self.teacher, eval_set.images, spec)
+        teacher_pred = teacher_logits.argmax(1)
+        teacher_acc = float((teacher_pred == eval_set.labels).mean()) if eval_set.labels is not None else None
+        student = load_student(r, self.run)
+        int8_summary, int8_reference = None, None
+        if r.export.int8.enabled and (self.run / "student.int8.onnx").is_file():
+            int8_summary, int8_reference = measure_int8(self.run / "student.onnx", self.run / "student.int8.onnx",
+                                                        eval_set, spec, teacher_pred)
+            int8_summary = json.loads((self.run / "int8.json").read_text()) | int8_summary
+        results = []
+        for target in r.targets:
+            task = progress.add_task(f"validate: {target.name}", total=len(eval_set.images), info=target.runtime)
+            res = validate_target(target.resolved(r), self.target_model(target), eval_set, spec, teacher_pred, teacher_acc,
+                                  on_progress=lambda n, t=task: progress.advance(t, n), int8_reference=int8_reference)
+            results.append(res)
+            log.info("validate %s: %s", target.name, res)
+        report = {
+            "name": r.name,
+            "passed": all(t.passed for t in results),
+            "eval": {"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
+            "teacher": {"arch": r.teacher.arch, "parameters": count_parameters(self.teacher), "accuracy": teacher_acc},
+            "student": {"arch": r.student.arch, "parameters": count_parameters(student),
+                        "onnx_bytes": (self.run / "student.onnx").stat().st_size,
+                        "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None},
+            "int8": int8_summary,
+            "selection": json.loads((self.run / "selection.json").read_text()),
+            "parity": json.loads((self.run / "parity.json").read_text()),
+            "history": json.loads((self.run / "history.json").read_text()),
+            "targets": [{k: v for k, v in t.__dict__.items() if k != "latency_samples_ms"}
+                        | {"passed": t.passed, "budget": target.budget.model_dump(exclude_none=True)}
+                        for t, target in zip(results, r.targets)],
+            "versions": _versions(),
+        }
+        atomic_write_json(self.run / "latency_samples.json",
+                          {t.name: {"batch": 1, "samples_ms": t.latency_samples_ms} for t in results if t.latency_samples_ms})
+        atomic_write_json(self.run / "report.json", report)
+        write_gate_files(self.run.path, report)
+        try:
+            write_report_html(self.run.path)
+        except Exception as exc:  # the gate's verdict must not hinge on drawing a plot
+            log.exception("report.html")
+            self.console.print(f"[yellow]validate: report.html not written ({type(exc).__name__}: {exc}); "
+                               f"`edgedistill report {self.run.path}` retries")
+        self.run.mark_done("validate", self.inputs("validate"), ["report.json", "latency_samples.json"])
+
+    def run_stages(self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = ()) -> dict:
+        """Runs `stages` and whatever earlier stage they need; a stage already done with the same inputs is skipped."""
+        if fresh:
+            self.run.clear()
+            (self.run / "distill.ckpt").unlink(missing_ok=True)
+        atomic_write_json(self.run / "run.json", {"recipe": self.recipe.model_dump(mode="json"), "seed": self.recipe.seed,
+                                                   "recipe_dir": str(self.recipe.base_dir.resolve()),
+                                                   "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        last = max(STAGES.index(s) for s in stages)
+        with _file_log(self.run / "run.log"), _progress(self.console) as progress:
+            for stage in STAGES[: last + 1]:
+                if stage not in force and self.run.is_done(stage, self.inputs(stage)):
+                    self.console.print(f"[dim]{stage}: up to date, skipped")
+                    continue
+                started = time.perf_counter()
+                getattr(self, f"stage_{stage}")(progress)
+                log.info("%s: done in %.1f s", stage, time.perf_counter() - started)
+        report_path = self.run / "report.json"
+        return json.loads(report_path.read_text()) if "validate" in stages and report_path.exists() else {}
+
+
+def compress(recipe: Recipe | str | Path, run_dir: Path | str | None = None, fresh: bool = False,
+             stages: tuple[str, ...] = STAGES, console: Console | None = None) -> dict:
+    """Python API of `edgedistill compress`: returns the report (also written to RUN_DIR/report.json).
+
+    Raises BudgetFailed when a target misses a budget, after the report is written.
+    """
+    from .recipe import load_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    forced = tuple(s for s in stages if len(stages) == 1)
+    report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced)
+    if report and not report["passed"]:
+        unavailable = [f"{t['name']}: {t['error']}" for t in report["targets"] if t["error"]]
+        failed = [f"{t['name']}: " + ", ".join(f"{v['budget']} {v['measured']:.4g} vs limit {v['limit']:.4g}"
+                                              for v in t["verdicts"] if not v["passed"])
+                  for t in report["targets"] if not t["passed"] and not t["error"]]
+        error = TargetUnavailable("; ".join(unavailable)) if unavailable else BudgetFailed("budget failed: " + "; ".join(failed))
+        error.report = report
+        raise error
+    return report

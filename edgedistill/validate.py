@@ -1,0 +1,305 @@
+"""Validate: accuracy and teacher agreement of the exported model, latency on each target, budget verdicts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BadInput, EdgeDistillError
+from .pool import convert_array, decode_image, list_images, normalize, UnreadableImage
+from .recipe import Budget, InputSpec, Recipe, TargetSpec
+from .runtimes import create_runner
+
+
+@dataclass
+class EvalSet:
+    """Images the student never trained on, with labels when the user has them."""
+
+    name: str
+    images: np.ndarray            # uint8 (N, C, H, W)
+    labels: np.ndarray | None     # int64 (N,)
+
+
+def load_labeled(ref: str, recipe: Recipe) -> EvalSet:
+    """`builtin:NAME` or a folder with one subfolder per class (named as the class, or its index)."""
+    spec = recipe.teacher.input
+    if ref.startswith("builtin:"):
+        from .sources import load_builtin
+
+        data = load_builtin(ref[8:], count=recipe.eval.limit, seed=recipe.seed)
+        if data.labels is None:
+            raise BadInput(f"eval.labeled: built-in {ref[8:]!r} has no labels; use a labeled set")
+        return EvalSet(ref, convert_array(data.images, spec), data.labels.astype(np.int64))
+    return read_class_folders(recipe.resolve(Path(ref)), spec, recipe.teacher.class_names, recipe.teacher.num_classes,
+                              recipe.eval.limit)
+
+
+def read_class_folders(folder: Path, spec: InputSpec, names: list[str] | None, num_classes: int | None,
+                       limit: int | None = None, what: str = "eval.labeled", sorted_fallback: bool = False) -> EvalSet:
+    """One subfolder per class, named as the class or its index. `sorted_fallback`, for models made elsewhere
+    that name neither: classes are the sorted subfolder names, as torchvision's ImageFolder numbers them."""
+    if not folder.is_dir():
+        raise BadInput(f"{what}: {folder} is not a directory of class subfolders")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise BadInput(f"{what}: {folder} has no class subfolders (expected {folder}/<class>/<image>)")
+    by_sorted_order = sorted_fallback and not names and not all(c.isdigit() for c in classes)
+    index: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        if by_sorted_order:
+            index[c] = i
+        elif names and c in names:
+            index[c] = names.index(c)
+        elif c.isdigit() and (num_classes is None or int(c) < num_classes):
+            index[c] = int(c)
+        else:
+            raise BadInput(f"{what}: subfolder {c!r} of {folder} is neither a class name nor a class index below {num_classes}")
+    if num_classes is not None and max(index.values()) >= num_classes:
+        raise BadInput(f"{what}: {folder} has {len(classes)} class subfolders but the model has {num_classes} classes")
+    images, labels = [], []
+    for c in classes:
+        for path in list_images(folder / c):
+            try:
+                images.append(decode_image(path, spec))
+                labels.append(index[c])
+            except UnreadableImage:
+                continue
+    if not images:
+        raise BadInput(f"{what}: no readable images under {folder}/<class>/")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    name = str(folder) + (" (classes in sorted folder order)" if by_sorted_order else "")
+    return EvalSet(name, np.stack(images), np.array(labels, dtype=np.int64))
+
+
+def predict_torch(model: nn.Module, images: np.ndarray, spec: InputSpec, batch: int = 512) -> np.ndarray:
+    model.eval()
+    with torch.inference_mode():
+        return np.concatenate([model(normalize(torch.from_numpy(images[i:i + batch]), spec)).float().numpy()
+                               for i in range(0, len(images), batch)])
+
+
+def budget_verdicts(budget: Budget, p99_ms: float, accuracy: float | None, teacher_accuracy: float | None,
+                    agreement: float | None, int8_drop: tuple[float, str] | None = None) -> list[dict]:
+    """One verdict per budget; without labels, accuracy budgets are judged on teacher agreement."""
+    measured_acc = accuracy if accuracy is not None else agreement
+    basis = "accuracy" if accuracy is not None else "teacher agreement"
+    if accuracy is not None and teacher_accuracy is not None:
+        drop = teacher_accuracy - accuracy
+    else:
+        drop = 1.0 - agreement if agreement is not None else None
+    verdicts = []
+    if budget.p99_ms is not None:
+        verdicts.append({"budget": "p99_ms", "limit": budget.p99_ms, "measured": p99_ms, "passed": p99_ms <= budget.p99_ms,
+                         "basis": "latency at batch 1"})
+    if budget.min_accuracy is not None:
+        verdicts.append({"budget": "min_accuracy", "limit": budget.min_accuracy, "measured": measured_acc,
+                         "passed": measured_acc >= budget.min_accuracy, "basis": basis})
+    if budget.max_accuracy_drop is not None:
+        verdicts.append({"budget": "max_accuracy_drop", "limit": budget.max_accuracy_drop, "measured": drop,
+                         "passed": drop <= budget.max_accuracy_drop, "basis": f"teacher minus student {basis}"})
+    if budget.max_int8_drop is not None:
+        measured, int8_basis = int8_drop if int8_drop is not None else (None, "no INT8 model was measured")
+        verdicts.append({"budget": "max_int8_drop", "limit": budget.max_int8_drop, "measured": measured,
+                         "passed": measured is not None and measured <= budget.max_int8_drop, "basis": int8_basis})
+    return verdicts
+
+
+@dataclass
+class Int8Reference:
+    """The fp32 student's score on the eval set, and the drop student.int8.onnx shows on ONNX Runtime CPU."""
+
+    fp32_score: float
+    cpu_drop: float
+    basis: str
+
+
+def measure_int8(fp32_model: Path, int8_model: Path, eval_set: EvalSet, spec: InputSpec,
+                 teacher_pred: np.ndarray | None) -> tuple[dict, Int8Reference]:
+    """Both models on ONNX Runtime CPU over the same eval set: accuracy (teacher agreement without labels) and the drop."""
+    from .runtimes import OnnxRuntimeRunner
+
+    x = normalize(torch.from_numpy(eval_set.images), spec).numpy()
+    preds = {}
+    for key, path in (("fp32", fp32_model), ("int8", int8_model)):
+        runner = OnnxRuntimeRunner(path)
+        preds[key] = np.concatenate([runner.infer(x[i:i + 256]) for i in range(0, len(x), 256)]).argmax(1)
+    truth, basis = (eval_set.labels, "accuracy") if eval_set.labels is not None else (teacher_pred, "teacher agreement")
+    fp32_score, int8_score = (float((preds[k] == truth).mean()) for k in ("fp32", "int8"))
+    summary = {"basis": basis, "fp32": fp32_score, "int8": int8_score, "drop": fp32_score - int8_score,
+               "int8_agrees_with_fp32": float((preds["int8"] == preds["fp32"]).mean()), "samples": len(x),
+               "runtime": "onnxruntime CPU"}
+    return summary, Int8Reference(fp32_score, fp32_score - int8_score, basis)
+
+
+THROUGHPUT_BATCH = 64
+
+
+@dataclass
+class TargetResult:
+    name: str
+    runtime: str
+    accuracy: float | None = None
+    agreement: float | None = None
+    latency: dict | None = None
+    throughput: dict | None = None
+    facts: dict = field(default_factory=dict)
+    verdicts: list[dict] = field(default_factory=list)
+    error: str | None = None
+    precision: str = "fp32"
+    int8_drop: float | None = None
+    latency_samples_ms: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(v["passed"] for v in self.verdicts)
+
+
+def validate_target(target: TargetSpec, model: Path, eval_set: EvalSet, spec: InputSpec,
+                    teacher_pred: np.ndarray | None, teacher_accuracy: float | None,
+                    on_progress: Callable[[int], None] | None = None, *,
+                    int8_reference: Int8Reference | None = None) -> TargetResult:
+    """Runs the exported model on one target; a target that fails to run is recorded, not fatal for the others.
+
+    Without teacher predictions (a model validated on its own) agreement stays None; an empty eval set
+    measures latency only.
+    """
+    result = TargetResult(target.name, target.runtime, precision=getattr(target, "precision", "fp32"))
+    runner = None
+    try:
+        runner = create_runner(target, model)
+        x = normalize(torch.from_numpy(eval_set.images), spec).numpy()
+        if len(x):
+            chunk = getattr(runner, "infer_batch", 256) or len(x)
+            logits = []
+            for i in range(0, len(x), chunk):
+                logits.append(runner.infer(x[i:i + chunk]))
+                if on_progress:
+                    on_progress(len(x[i:i + chunk]))
+            pred = np.concatenate(logits).argmax(1)
+            if teacher_pred is not None:
+                result.agreement = float((pred == teacher_pred).mean())
+            if eval_set.labels is not None:
+                result.accuracy = float((pred == eval_set.labels).mean())
+        latency = runner.time(1, target.warmup, target.iterations)
+        result.latency = latency.as_dict()
+        result.latency_samples_ms = [round(float(v), 5) for v in latency.samples_ms]
+        result.throughput = runner.time(min(THROUGHPUT_BATCH, len(x) or THROUGHPUT_BATCH), max(1, target.warmup // 4),
+                                        max(10, target.iterations // 10)).as_dict()
+        result.facts = runner.facts()
+        int8_drop = _int8_drop(result, int8_reference)
+        result.int8_drop = int8_drop[0] if int8_drop else None
+        result.verdicts = budget_verdicts(target.budget, latency.p99_ms, result.accuracy, teacher_accuracy, result.agreement,
+                                          int8_drop)
+    except EdgeDistillError as exc:
+        if exc.exit_code == 2:
+            raise
+        result.error = str(exc)
+    finally:
+        if runner is not None:
+            runner.close()
+    return result
+
+
+def _int8_drop(result: TargetResult, reference: Int8Reference | None) -> tuple[float, str] | None:
+    """An int8 target's own drop from the fp32 student; any other target is judged on the CPU INT8 model's drop."""
+    if reference is None:
+        return None
+    if result.precision != "int8":
+        return reference.cpu_drop, f"fp32 minus INT8 student {reference.basis}, student.int8.onnx on onnxruntime CPU"
+    score = result.accuracy if reference.basis == "accuracy" else result.agreement
+    if score is None:
+        return None
+    return reference.fp32_score - score, f"fp32 student minus this INT8 target's {reference.basis}"
+
+
+def model_input_spec(model: Path, mean: list[float] | None = None, std: list[float] | None = None) -> tuple[InputSpec, dict]:
+    """Input size and channels from the ONNX input; mean/std from the arguments, else from edgedistill's metadata."""
+    from pydantic import ValidationError
+
+    from .export import onnx_metadata
+    from .quantize import onnx_input_spec
+
+    _, channels, height, width = onnx_input_spec(model)
+    if channels not in (1, 3):
+        raise BadInput(f"{model}: input has {channels or 'a dynamic number of'} channels; image classifiers here take 1 or 3")
+    if height is None or height != width:
+        raise BadInput(f"{model}: input is {height or '?'}x{width or '?'}; a fixed square input size is needed")
+    meta = onnx_metadata(model)
+    mean, std = mean or meta.get("mean"), std or meta.get("std")
+    if not mean or not std:
+        raise BadInput(f"{model} records no mean/std; pass them, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+    mean, std = (list(v) * channels if len(v) == 1 else list(v) for v in (mean, std))
+    try:
+        return InputSpec(channels=channels, size=height, mean=mean, std=std), meta
+    except ValidationError as exc:
+        raise BadInput(f"--mean/--std: {exc.errors()[0]['msg']}") from None
+
+
+def _num_classes(model: Path) -> int | None:
+    import onnx
+
+    dims = onnx.load(str(model), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+    return dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 0 else None
+
+
+def validate_model_file(model: Path, runtime: str, budget: Budget, out_dir: Path, labeled: Path | None = None,
+                        mean: list[float] | None = None, std: list[float] | None = None, threads: int = 0,
+                        warmup: int = 20, iterations: int = 200, precision: str = "fp32",
+                        providers: list[str] | None = None, trtexec: str | None = None, limit: int | None = None,
+                        on_progress: Callable[[int], None] | None = None) -> dict:
+    """Gates any ONNX image classifier, not only edgedistill's: accuracy on a labeled folder, latency on one runtime.
+
+    Writes report.json, latency_samples.json and the CI gate files to `out_dir`; returns the report.
+    """
+    import onnx
+    from pydantic import ValidationError
+
+    from .engines import model_io, onnx_digest
+    from .export import onnx_opset
+    from .gate import write_gate_files
+    from .pipeline import _versions
+    from .rundir import atomic_write_json
+
+    model = Path(model)
+    if budget.max_accuracy_drop is not None or budget.max_int8_drop is not None:
+        raise BadInput("a model on its own has no teacher or fp32 reference; --budget takes p99_ms and min_accuracy here")
+    if budget.min_accuracy is not None and labeled is None:
+        raise BadInput("--budget min_accuracy needs --labeled FOLDER (one subfolder of images per class)")
+    spec, meta = model_input_spec(model, mean, std)
+    quantized = model_io(model)[3]
+    if quantized and runtime != "onnxruntime" and precision == "fp32":
+        precision = "int8"  # TensorRT only honours Q/DQ ranges with INT8 enabled
+    try:
+        target = TargetSpec(name=runtime, runtime=runtime, threads=threads, warmup=warmup, iterations=iterations,
+                            budget=budget, precision=precision, providers=providers, **({"trtexec": trtexec} if trtexec else {}))
+    except ValidationError as exc:
+        raise BadInput(f"{exc.errors()[0]['msg']}") from None
+    if labeled is not None:
+        eval_set = read_class_folders(Path(labeled), spec, meta.get("class_names") or None, _num_classes(model), limit,
+                                      what="--labeled", sorted_fallback=True)
+    else:
+        eval_set = EvalSet("none (latency only)", np.zeros((0, spec.channels, spec.size, spec.size), np.uint8), None)
+    result = validate_target(target, model, eval_set, spec, None, None, on_progress)
+    report = {
+        "name": model.stem,
+        "passed": result.passed,
+        "model": {"path": str(model.resolve()), "sha256": onnx_digest(model), "bytes": model.stat().st_size,
+                  "opset": onnx_opset(onnx.load(str(model), load_external_data=False)), "quantized": quantized,
+                  "input": spec.model_dump(), "metadata": {k: v for k, v in meta.items() if k != "class_names"}},
+        "eval": {"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
+        "targets": [{k: v for k, v in result.__dict__.items() if k != "latency_samples_ms"}
+                    | {"passed": result.passed, "budget": budget.model_dump(exclude_none=True)}],
+        "versions": _versions(),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "report.json", report)
+    if result.latency_samples_ms:
+        atomic_write_json(out_dir / "latency_samples.json", {result.name: {"batch": 1, "samples_ms": result.latency_samples_ms}})
+    write_gate_files(out_dir, report)
+    return report

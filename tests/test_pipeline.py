@@ -1,0 +1,95 @@
+"""End to end: `compress` on a tiny recipe with real ONNX Runtime; resume after a run is killed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import edgedistill
+from edgedistill.cli import app
+from edgedistill.errors import BudgetFailed
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "teachers" / "mnist_lenet5.safetensors"
+
+
+def tiny_recipe(tmp_path: Path, **distill) -> Path:
+    data = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    data["teacher"]["weights"] = str(TEACHER)
+    data["pool"] = [{"builtin": "sklearn-digits"}, {"builtin": "fashion-mnist", "count": 2000}]
+    data["select"] = {"strategy": "balanced", "per_class": 60}
+    data["distill"].update({"epochs": 2, "batch_size": 64, **distill})
+    data["eval"] = {"labeled": "builtin:mnist-heldout", "limit": 500}
+    data["targets"] = [{"name": "cpu", "runtime": "onnxruntime", "threads": 1, "iterations": 30,
+                        "budget": {"p99_ms": 50.0, "min_accuracy": 0.2}}]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    recipe = tiny_recipe(tmp)
+    report = edgedistill.compress(recipe, run_dir=tmp / "run")
+    return recipe, tmp / "run", report
+
+
+def test_compress_writes_every_artifact(finished_run):
+    _, run, report = finished_run
+    for name in ("selected.npz", "selection.json", "student.safetensors", "student.json", "history.json",
+                 "student.onnx", "parity.json", "report.json", "run.json", "run.log"):
+        assert (run / name).is_file(), name
+    on_disk = json.loads((run / "report.json").read_text())
+    assert on_disk["passed"] is report["passed"] is True
+    target = on_disk["targets"][0]
+    assert 0.2 <= target["accuracy"] <= 1 and target["latency"]["p99_ms"] > 0 and target["latency"]["iterations"] == 30
+    assert on_disk["parity"]["top1_agreement"] == 1.0 and on_disk["parity"]["max_abs_diff"] < 1e-3
+    assert on_disk["teacher"]["accuracy"] > 0.9 and on_disk["student"]["parameters"] < on_disk["teacher"]["parameters"]
+    assert on_disk["selection"]["selected"] == sum(on_disk["selection"]["selected_per_class"])
+    assert len(on_disk["history"]) == 2 and not list(run.glob("*.part"))
+
+
+def test_rerun_skips_finished_stages_and_budget_exit_code(finished_run, tmp_path):
+    recipe, run, _ = finished_run
+    result = CliRunner().invoke(app, ["compress", str(recipe), "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    for stage in ("select", "distill", "export", "validate"):
+        assert f"{stage}: up to date, skipped" in result.output
+    strict = CliRunner().invoke(app, ["validate", str(recipe), "--run-dir", str(run), "--set", "targets.0.budget.min_accuracy=0.999"])
+    assert strict.exit_code == 3, strict.output
+    assert "min_accuracy" in strict.output and "select: up to date" in strict.output and "distill: up to date" in strict.output
+    with pytest.raises(BudgetFailed):
+        edgedistill.compress(edgedistill.recipe.load_recipe(recipe, ["targets.0.budget.p99_ms=0.000001"]), run_dir=run)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
+    recipe = tiny_recipe(tmp_path, epochs=4)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgedistill", "compress", str(recipe), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(run / "distill.ckpt", proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run / "stages" / "select.json").exists() and not (run / "stages" / "distill.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "select: up to date, skipped" in done.stderr
+    assert "resumed at epoch" in done.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert not (run / "distill.ckpt").exists()

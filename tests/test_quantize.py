@@ -1,0 +1,323 @@
+"""Static INT8 (QDQ) quantization of a LeNet-5 that learned something, so agreement numbers mean something.
+
+The fp32 model is exported with the legacy TorchScript exporter (`dynamo=False`), like
+`edgedistill.export`: it still works in torch 2.14.1 (with a deprecation warning) and takes a
+fraction of a second where the dynamo exporter takes several.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper, numpy_helper
+from PIL import Image
+
+from edgedistill.errors import BadInput
+from edgedistill.models import create_model
+from edgedistill.quantize import load_calibration_folder, onnx_input_spec, quantize_int8
+
+MEAN, STD = [0.5], [0.5]
+METHODS = ["minmax", "entropy", "percentile"]
+
+
+def bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy 28x28 images of one bar: 5 positions x 2 orientations = 10 classes, learnable in seconds."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    x = rng.normal(60, 50, (n, 1, 28, 28))
+    pos = 4 + 5 * (labels % 5) + rng.integers(-1, 2, n)
+    gain = rng.uniform(30, 90, n)
+    for i, k in enumerate(labels):
+        if k < 5:
+            x[i, 0, pos[i] : pos[i] + 2, 2:26] += gain[i]
+        else:
+            x[i, 0, 2:26, pos[i] : pos[i] + 2] += gain[i]
+    return np.clip(x, 0, 255).astype(np.uint8), labels
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    return ((x.astype(np.float32) / 255 - MEAN[0]) / STD[0]).astype(np.float32)
+
+
+def predict(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convs: extra threads only contend
+    try:
+        torch.manual_seed(0)
+        x, y = bars(4096, seed=0)
+        inputs, targets = torch.from_numpy(normalize(x)), torch.from_numpy(y)
+        model = create_model("lenet5", 10, 1)
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        for _ in range(200):
+            idx = torch.randint(0, len(inputs), (32,))
+            loss = torch.nn.functional.cross_entropy(model(inputs[idx]), targets[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        path = tmp_path_factory.mktemp("fp32") / "lenet5.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (torch.zeros(2, 1, 28, 28),), str(path), input_names=["input"], output_names=["logits"],
+                opset_version=17, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    held_x, held_y = bars(1000, seed=1)
+    held = normalize(held_x)
+    reference = predict(path, held).argmax(1)
+    assert (reference == held_y).mean() > 0.9, "the fp32 model did not learn the task"
+    return {"fp32": path, "held": held, "reference": reference, "calibration": bars(256, seed=2)[0]}
+
+
+@pytest.fixture(scope="module")
+def quantized(trained, tmp_path_factory) -> dict:
+    results = {}
+    for method in METHODS:
+        out = tmp_path_factory.mktemp(method) / "lenet5.int8.onnx"
+        results[method] = quantize_int8(trained["fp32"], out, trained["calibration"], MEAN, STD, method=method)
+    return results
+
+
+def agreement(path: Path, trained: dict) -> float:
+    return float((predict(path, trained["held"]).argmax(1) == trained["reference"]).mean())
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_exported_model_has_dynamic_batch(trained):
+    assert onnx_input_spec(trained["fp32"]) == ("input", 1, 28, 28)
+    dim0 = onnx.load(str(trained["fp32"])).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_quantized_model_is_qdq_int8_and_agrees_with_fp32(method, quantized, trained):
+    result = quantized[method]
+    model = onnx.load(str(result.path))
+    ops = Counter(node.op_type for node in model.graph.node)
+    weights = initializers(model)
+    dequantized = [weights[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[0] in weights]
+    zero_points = [weights[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+    assert result.method == method and result.calibration_samples == 256
+    assert ops["QuantizeLinear"] >= 5 and ops["DequantizeLinear"] >= 10
+    assert sum(w.dtype == np.int8 for w in dequantized) == 5, "2 conv + 3 gemm weights stored as int8"
+    assert max(w.size for w in weights.values() if w.dtype == np.float32) <= 120, "no fp32 weight matrix left"
+    assert any(weights[n.input[1]].size > 1 for n in model.graph.node if n.op_type == "DequantizeLinear"), "per-channel"
+    assert all(z.dtype == np.uint8 for z in zero_points), "CPU default: asymmetric uint8 activations"
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}, "standard ops only"
+    assert sorted(p.name for p in result.path.parent.iterdir()) == [result.path.name], "temp files left behind"
+
+    agree = agreement(result.path, trained)
+    print(f"\n{method}: top-1 agreement {agree:.4f}, {result.size_bytes} bytes vs fp32 {result.fp32_size_bytes}")
+    assert agree >= 0.95
+    assert result.size_bytes == result.path.stat().st_size
+    assert result.size_bytes < 0.4 * result.fp32_size_bytes
+
+
+def test_entropy_and_percentile_calibrate_differently_from_minmax(quantized):
+    def scales(method: str) -> np.ndarray:
+        model = onnx.load(str(quantized[method].path))
+        weights = initializers(model)
+        return np.array([float(weights[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"])
+
+    minmax = scales("minmax")
+    assert not np.allclose(scales("entropy"), minmax), "entropy degenerated to min/max (ORT's 128-bin default)"
+    assert not np.allclose(scales("percentile"), minmax)
+
+
+def test_dynamic_batch_survives_quantization(quantized, trained):
+    session = ort.InferenceSession(str(quantized["minmax"].path), providers=["CPUExecutionProvider"])
+    x = trained["held"][:7]
+    single = session.run(None, {"input": x[:1]})[0]
+    batch = session.run(None, {"input": x})[0]
+    assert single.shape == (1, 10) and batch.shape == (7, 10)
+    np.testing.assert_allclose(batch[:1], single, atol=1e-5)
+    assert (batch.argmax(1) == trained["reference"][:7]).mean() >= 6 / 7
+
+
+def test_for_tensorrt_is_symmetric_int8_that_its_parser_accepts(trained, tmp_path):
+    result = quantize_int8(trained["fp32"], tmp_path / "trt.onnx", trained["calibration"], MEAN, STD, for_tensorrt=True)
+    model = onnx.load(str(result.path))
+    weights = initializers(model)
+    nodes = model.graph.node
+    zero_points = [weights[n.input[2]] for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    quantized_outputs = {n.output[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert all(n.input[0] in quantized_outputs for n in nodes if n.op_type == "DequantizeLinear"), "Q/DQ pairs only"
+    for node in nodes:
+        if node.op_type in ("Conv", "Gemm"):
+            assert all(name not in weights or weights[name].dtype == np.float32 for name in node.input)
+    assert agreement(result.path, trained) >= 0.95
+
+
+def test_subsampling_is_capped_and_reproducible(trained, tmp_path):
+    pool = np.concatenate([trained["calibration"], bars(100, seed=3)[0]])
+    digests = []
+    for name in ("a.onnx", "b.onnx"):
+        result = quantize_int8(trained["fp32"], tmp_path / name, pool, MEAN, STD, max_samples=40, seed=7)
+        assert result.calibration_samples == 40
+        digests.append(hashlib.sha256(result.path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_external_data_model_counts_its_weights_file(trained, tmp_path):
+    path = tmp_path / "split.onnx"
+    onnx.save_model(onnx.load(str(trained["fp32"])), str(path), save_as_external_data=True,
+                    location="split.onnx.data", size_threshold=0)
+    result = quantize_int8(path, tmp_path / "out" / "split.int8.onnx", trained["calibration"][:40], MEAN, STD)
+    assert result.fp32_size_bytes == path.stat().st_size + (tmp_path / "split.onnx.data").stat().st_size
+    assert result.calibration_samples == 40
+    assert agreement(result.path, trained) >= 0.95
+
+
+def test_older_onnxruntime_without_calibration_cache_still_quantizes(trained, tmp_path, monkeypatch):
+    import onnxruntime.quantization as oq
+
+    real = oq.quantize_static
+
+    def legacy(model_input, model_output, calibration_data_reader=None, **kwargs):
+        assert calibration_data_reader is not None
+        return real(model_input, model_output, calibration_data_reader, **kwargs)
+
+    monkeypatch.setattr(oq, "quantize_static", legacy)
+    result = quantize_int8(trained["fp32"], tmp_path / "old.onnx", trained["calibration"], MEAN, STD,
+                           method="percentile")
+    assert agreement(result.path, trained) >= 0.95
+
+
+def test_vectorised_entropy_threshold_matches_onnxruntime():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from edgedistill.quantize import _entropy_threshold
+
+    rng = np.random.default_rng(0)
+    data = {
+        "relu": np.maximum(rng.standard_t(3, 20000), 0).astype(np.float32),
+        "signed": (rng.standard_t(2, 20000) + 0.5).astype(np.float32),
+    }
+    for bins, levels in [(256, 128), (300, 37), (128, 128)]:
+        collector = HistogramCollector("entropy", False, bins, levels, 99.999, "same")
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress
+            collector.collect(data)
+            collector.collect({k: v * 1.7 for k, v in data.items()})  # grows the histogram like later batches do
+        for histogram in collector.histogram_dict.values():
+            assert _entropy_threshold(histogram, levels) == collector.get_entropy_threshold(histogram, levels)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda c: c.astype(np.float32), "uint8"),
+        (lambda c: c[:, 0], "x[:, None]"),
+        (lambda c: np.repeat(c, 3, axis=1), "3 channel(s)"),
+        (lambda c: c.transpose(0, 2, 3, 1), "NHWC"),
+        (lambda c: np.zeros((4, 1, 32, 32), np.uint8), "32x32"),
+        (lambda c: c[:0], "N=0"),
+        (lambda c: c.tolist(), "numpy"),
+    ],
+    ids=["float", "3d", "channels", "nhwc", "size", "empty", "list"],
+)
+def test_bad_calibration_is_bad_input(make, needle, trained, tmp_path):
+    out = tmp_path / "q.onnx"
+    out.write_bytes(b"previous")
+    with pytest.raises(BadInput) as err:
+        quantize_int8(trained["fp32"], out, make(trained["calibration"][:8]), MEAN, STD)
+    assert err.value.exit_code == 2
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert out.read_bytes() == b"previous"
+
+
+def test_bad_model_and_arguments_are_bad_input(trained, tmp_path):
+    calib = trained["calibration"][:8]
+    (tmp_path / "notes.onnx").write_text("not a model\n")
+    cases = [
+        (dict(fp32_onnx=tmp_path / "missing.onnx"), "does not exist"),
+        (dict(fp32_onnx=tmp_path / "notes.onnx"), "not a readable ONNX model"),
+        (dict(method="kl"), "unknown calibration method"),
+        (dict(mean=[0.5, 0.5, 0.5]), "mean has 3 values"),
+        (dict(std=[0.0]), "std must be positive"),
+        (dict(max_samples=0), "max_samples"),
+        (dict(out=trained["fp32"]), "overwrite"),
+    ]
+    for override, needle in cases:
+        kwargs = dict(fp32_onnx=trained["fp32"], out=tmp_path / "q.onnx", calibration=calib, mean=MEAN, std=STD)
+        with pytest.raises(BadInput, match=needle):
+            quantize_int8(**{**kwargs, **override})
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_onnx_input_spec_reports_dynamic_dims(tmp_path):
+    def model(shape: list) -> Path:
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        path = tmp_path / f"rank{len(shape)}.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        return path
+
+    assert onnx_input_spec(model(["N", 3, "H", "W"])) == ("x", 3, None, None)
+    with pytest.raises(BadInput, match="rank 2"):
+        onnx_input_spec(model(["N", 10]))
+
+
+def test_load_calibration_folder_reads_formats_and_skips_corrupt(tmp_path, caplog, trained):
+    root = tmp_path / "calib"
+    (root / "cats" / "deep").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(root / "cats" / "red.png")
+    Image.fromarray(np.tile(np.arange(0, 250, 5, dtype=np.uint8), (50, 1))).save(root / "cats" / "deep" / "ramp.JPG")
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(root / "dogs" / "blue.bmp")
+    Image.new("RGB", (64, 48), (0, 200, 0)).save(root / "dogs" / "green.webp")
+    Image.new("RGBA", (16, 16), (10, 20, 30, 128)).save(root / "alpha.png")
+    (root / "dogs" / "broken.jpg").write_bytes(np.random.default_rng(0).bytes(2000))
+    (root / "truncated.png").write_bytes((root / "cats" / "red.png").read_bytes()[:40])
+    (root / "notes.txt").write_text("not an image")
+
+    skipped: list[Path] = []
+    with caplog.at_level(logging.WARNING, logger="edgedistill.quantize"):
+        rgb = load_calibration_folder(root, channels=3, size=16, limit=100, skipped=skipped)
+    assert rgb.shape == (5, 3, 16, 16) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    assert sorted(p.name for p in skipped) == ["broken.jpg", "truncated.png"]
+    assert "skipped 2" in caplog.text
+    assert any((img[0] > 250).all() and (img[1:] < 5).all() for img in rgb), "red PNG read as RGB, NCHW"
+
+    gray = load_calibration_folder(root, channels=1, size=28, limit=100)
+    assert gray.shape == (5, 1, 28, 28)
+    limited = load_calibration_folder(root, channels=1, size=28, limit=2)
+    assert limited.shape == (2, 1, 28, 28)
+    np.testing.assert_array_equal(limited, load_calibration_folder(root, channels=1, size=28, limit=2))
+
+    result = quantize_int8(trained["fp32"], tmp_path / "folder.int8.onnx", gray, MEAN, STD)
+    assert result.calibration_samples == 5
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(BadInput, match="no readable images"):
+        load_calibration_folder(only_bad, channels=3, size=16, limit=10)
+    with pytest.raises(BadInput, match="does not exist"):
+        load_calibration_folder(tmp_path / "missing", channels=3, size=16, limit=10)
+    with pytest.raises(BadInput, match="channels"):
+        load_calibration_folder(root, channels=4, size=16, limit=10)

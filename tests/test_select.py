@@ -1,0 +1,84 @@
+"""Selection is deterministic for a seed, class-balanced, and its streaming top-k equals a full sort."""
+import numpy as np
+import torch
+
+from edgedistill.models import create_model
+from edgedistill.pool import Pool, PoolPart
+from edgedistill.recipe import InputSpec, SelectSpec
+from edgedistill.select import StreamingTopK, select_pool
+
+SPEC = InputSpec(channels=1, size=28, mean=[0.5], std=[0.5])
+
+
+def pool_and_teacher(n=600):
+    images = np.random.default_rng(3).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+    torch.manual_seed(0)
+    return Pool(SPEC, [PoolPart("noise", n, array=images)]), create_model("lenet5", 10, 1).eval()
+
+
+def test_streaming_topk_matches_full_sort():
+    rng = np.random.default_rng(0)
+    group, score, index = rng.integers(0, 4, 1000), rng.random(1000).round(2), np.arange(1000)
+    keeper = StreamingTopK(4, 7)
+    for s in range(0, 1000, 64):
+        keeper.add(group[s:s + 64], score[s:s + 64], index[s:s + 64])
+    for g, kept in enumerate(keeper.groups()):
+        mask = group == g
+        order = np.lexsort((index[mask], -score[mask]))[:7]
+        assert kept["index"].tolist() == index[mask][order].tolist()
+
+
+def test_balanced_selection_is_deterministic_and_balanced():
+    pool, teacher = pool_and_teacher()
+    a = select_pool(teacher, pool, SelectSpec(strategy="balanced", per_class=5, batch_size=64), 10, seed=0)
+    b = select_pool(teacher, pool, SelectSpec(strategy="balanced", per_class=5, batch_size=100), 10, seed=0)
+    assert a.pool_index.tolist() == b.pool_index.tolist()
+    counts = np.bincount(a.probs.argmax(1), minlength=10)
+    assert counts.max() <= 5
+    covered = [c for c in range(10) if a.stats["pool_predicted_per_class"][c] >= 5]
+    assert all(counts[c] == 5 for c in covered)
+    assert a.stats["under_covered_classes"] == [c for c in range(10) if c not in covered]
+    np.testing.assert_array_equal(a.images, pool.parts[0].array[a.pool_index])
+
+
+def test_balanced_keeps_most_confident_per_class():
+    pool, teacher = pool_and_teacher(300)
+    sel = select_pool(teacher, pool, SelectSpec(strategy="balanced", per_class=3, batch_size=64), 10, seed=0)
+    with torch.no_grad():
+        from edgedistill.pool import normalize
+        probs = torch.softmax(teacher(normalize(torch.from_numpy(pool.parts[0].array), SPEC)), 1).numpy()
+    top = probs.argmax(1)
+    for c in np.unique(top):
+        expected = np.argsort(-probs[top == c, c], kind="stable")[:3]
+        assert set(np.flatnonzero(top == c)[expected]) == set(sel.pool_index[sel.probs.argmax(1) == c])
+
+
+def test_random_selection_depends_on_seed_only():
+    pool, teacher = pool_and_teacher()
+    spec = SelectSpec(strategy="random", per_class=4, batch_size=64)
+    a = select_pool(teacher, pool, spec, 10, seed=1)
+    b = select_pool(teacher, pool, SelectSpec(strategy="random", per_class=4, batch_size=128), 10, seed=1)
+    c = select_pool(teacher, pool, spec, 10, seed=2)
+    assert len(a.pool_index) == 40 and a.pool_index.tolist() == b.pool_index.tolist() != c.pool_index.tolist()
+
+
+def test_dfnd_and_entropy_orderings():
+    pool, teacher = pool_and_teacher(400)
+    with torch.no_grad():
+        from edgedistill.pool import normalize
+        probs = torch.softmax(teacher(normalize(torch.from_numpy(pool.parts[0].array), SPEC)), 1).numpy()
+    dfnd = select_pool(teacher, pool, SelectSpec(strategy="dfnd", total=20, batch_size=64), 10, seed=0)
+    assert set(dfnd.pool_index) == set(np.argsort(-probs.max(1), kind="stable")[:20])
+    entropy = -(probs * np.log(probs)).sum(1)
+    high = select_pool(teacher, pool, SelectSpec(strategy="entropy", total=20, batch_size=64), 10, seed=0)
+    assert set(high.pool_index) == set(np.argsort(-entropy, kind="stable")[:20])
+
+
+def test_near_duplicates_do_not_fill_a_quota():
+    pool, teacher = pool_and_teacher(50)
+    images = np.repeat(pool.parts[0].array[:10], 5, axis=0)  # every image five times
+    dup_pool = Pool(SPEC, [PoolPart("dups", 50, array=images)])
+    plain = select_pool(teacher, dup_pool, SelectSpec(strategy="dfnd", total=10, batch_size=16), 10, seed=0)
+    dedup = select_pool(teacher, dup_pool, SelectSpec(strategy="dfnd", total=10, batch_size=16, dedup_threshold=0.999), 10, seed=0)
+    assert len({bytes(x) for x in plain.images}) < 10
+    assert len({bytes(x) for x in dedup.images}) == 10

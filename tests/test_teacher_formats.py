@@ -1,0 +1,332 @@
+"""Bring your own teacher and student: every model format round-trips, every mistake is one BadInput line."""
+import json
+import logging
+import sys
+import textwrap
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+
+import edgedistill
+from edgedistill.distill import Distiller, FeatureTap
+from edgedistill.errors import BadInput
+from edgedistill.export import export_onnx
+from edgedistill.models import build_student_model, create_model, load_weights
+from edgedistill.pipeline import build_student, load_teacher
+from edgedistill.recipe import ClassDropSpec, DistillSpec, InputSpec, recipe_from_dict
+
+INPUT = {"channels": 3, "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+class TinyVendorNet(nn.Module):
+    """Stands in for a vendor model: it ends in Softmax, so the teacher must read the logits before it."""
+
+    def __init__(self, softmax: bool = False):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 10)
+        self.softmax = softmax
+
+    def forward(self, x):
+        logits = self.fc(self.body(x))
+        return logits.softmax(1) if self.softmax else logits
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On shared cores one intra-op thread is several times faster than two fighting over them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A 10-class resnet18 at 32x32 RGB saved in every format, with the logits each copy must reproduce."""
+    folder = tmp_path_factory.mktemp("zoo")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+    state = model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "plain.safetensors"))
+    torch.save(state, folder / "plain.pth")
+    torch.save({"epoch": 7, "optimizer": {}, "state_dict": state}, folder / "nested.pth")
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, folder / "ddp.pt")
+    torch.save(model, folder / "whole.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, x[:1]), str(folder / "scripted.pt"))
+    export_onnx(model, InputSpec(**INPUT), folder / "teacher.onnx", CLASSES)
+    vendor = TinyVendorNet(softmax=True).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(vendor, (x[:1],), str(folder / "vendor.onnx"), input_names=["image"], output_names=["prob"],
+                          opset_version=17, dynamo=False)
+        vendor.softmax = False
+        vendor_logits = vendor(x)
+    return {"dir": folder, "model": model, "x": x, "logits": logits, "vendor_logits": vendor_logits}
+
+
+def recipe(base: Path, teacher: dict, student: dict | None = None, **extra):
+    data = {"name": "formats", "teacher": teacher, "pool": [{"builtin": "natural-patches", "count": 300}],
+            "student": student or {"arch": "torchvision:resnet18"}, **extra}
+    return recipe_from_dict(data, base_dir=base, source="r.yaml")
+
+
+def torchvision_teacher(weights: str, **overrides) -> dict:
+    return {"arch": "torchvision:resnet18", "weights": weights, "input": INPUT, "num_classes": 10, **overrides}
+
+
+def logits_of(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher(x)
+
+
+def bad_input(fn) -> str:
+    with pytest.raises(BadInput) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ---- every format, same logits ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", ["plain.safetensors", "plain.pth", "nested.pth", "ddp.pt"])
+def test_state_dict_files_reproduce_the_logits(zoo, weights):
+    teacher = load_teacher(recipe(zoo["dir"], torchvision_teacher(weights)))
+    assert torch.equal(logits_of(teacher, zoo["x"]), zoo["logits"])
+
+
+def test_torchscript_teacher_reproduces_the_logits_and_taps_them(zoo):
+    teacher = load_teacher(recipe(zoo["dir"], {"arch": "torchscript", "weights": "scripted.pt", "input": INPUT, "num_classes": 10}))
+    tap = FeatureTap(teacher)
+    logits = logits_of(teacher, zoo["x"])
+    torch.testing.assert_close(logits, zoo["logits"])
+    assert torch.equal(tap.features, logits)
+
+
+def test_onnx_teacher_takes_input_and_classes_from_the_file(zoo):
+    r = recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx"})
+    assert r.teacher.input.model_dump() == INPUT and r.teacher.num_classes == 10 and r.teacher.class_names == CLASSES
+    teacher = load_teacher(r)
+    tap = FeatureTap(teacher)
+    torch.testing.assert_close(logits_of(teacher, zoo["x"]), zoo["logits"], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        penultimate = torch.flatten(zoo["model"].avgpool(nn.Sequential(*list(zoo["model"].children())[:-2])(zoo["x"])), 1)
+    torch.testing.assert_close(tap.features, penultimate, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_named_tensor_is_an_extra_output(zoo):
+    r = recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "feature_layer": "/layer4/layer4.1/relu_1/Relu"})
+    teacher = load_teacher(r)
+    tap = FeatureTap(teacher)
+    logits_of(teacher, zoo["x"])
+    assert tap.features.shape == (3, 512)
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "feature_layer": "/layer4/relu"})))
+    assert "has no tensor '/layer4/relu'" in message and "did you mean" in message
+
+
+def test_vendor_onnx_softmax_tail_and_fixed_batch(zoo):
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx"}))
+    assert "teacher.input: required key is missing" in message and "mean, std" in message
+    teacher = load_teacher(recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx", "input": INPUT}))
+    tap = FeatureTap(teacher)
+    torch.testing.assert_close(logits_of(teacher, zoo["x"]), zoo["vendor_logits"], atol=1e-5, rtol=1e-5)
+    assert tap.features.shape == (3, 8)
+
+
+def test_pickled_model_is_refused_unless_trusted(zoo, caplog):
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "pickle", "weights": "whole.pt", "input": INPUT, "num_classes": 10}))
+    assert "arbitrary code" in message and "trust_checkpoint" in message and "safetensors" in message
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("whole.pt"))))
+    assert "arbitrary code" in message
+    with caplog.at_level(logging.WARNING, logger="edgedistill"):
+        teacher = load_teacher(recipe(zoo["dir"], {"arch": "pickle", "weights": "whole.pt", "input": INPUT, "num_classes": 10,
+                                                   "trust_checkpoint": True}))
+    assert "trust_checkpoint" in caplog.text
+    assert torch.equal(logits_of(teacher, zoo["x"]), zoo["logits"])
+
+
+# ---- mistakes --------------------------------------------------------------------------------------------
+
+
+def test_class_count_mismatch(zoo):
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("plain.safetensors", num_classes=5))))
+    assert "class-count mismatch" in message and "10 outputs" in message
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "num_classes": 5}))
+    assert "class-count mismatch" in message
+
+
+def test_input_mismatch_between_recipe_and_model(zoo):
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "input": {**INPUT, "size": 64}}))
+    assert "teacher.input.size is 64" in message and "32" in message
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "input": {**INPUT, "mean": [0.4] * 3}}))
+    assert "teacher.input.mean" in message
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "torchvision:resnet18", "pretrained": "IMAGENET1K_V1", "input": INPUT}))
+    assert "teacher.input.size is 32 but torchvision ResNet18_Weights.IMAGENET1K_V1 says 224" in message
+    gray = {"channels": 1, "size": 32, "mean": [0.5], "std": [0.25]}
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("plain.pth", input=gray))))
+    assert "input-channel mismatch" in message
+
+
+def test_pretrained_metadata_fills_the_recipe_without_download(zoo):
+    r = recipe(zoo["dir"], {"arch": "torchvision:resnet18", "pretrained": "DEFAULT"})
+    assert r.teacher.input.size == 224 and r.teacher.num_classes == 1000 and r.teacher.class_names[0] == "tench"
+
+
+def test_missing_and_unexpected_keys_are_listed(zoo, tmp_path):
+    state = zoo["model"].state_dict()
+    broken = {k: v for k, v in state.items() if not k.startswith("layer4.1.bn2")} | {"extra.weight": torch.zeros(1)}
+    torch.save(broken, tmp_path / "broken.pth")
+    model = create_model("torchvision:resnet18", 10, 3)
+    message = bad_input(lambda: load_weights(model, tmp_path / "broken.pth"))
+    assert "missing keys ['layer4.1.bn2.bias'" in message and "(+1 more)" in message and "unexpected keys ['extra.weight']" in message
+
+
+def test_unsupported_files(zoo, tmp_path):
+    (tmp_path / "junk.bin").write_bytes(b"\x00garbage" * 100)
+    message = bad_input(lambda: load_teacher(recipe(tmp_path, torchvision_teacher("junk.bin"))))
+    assert "unsupported file" in message
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("teacher.onnx"))))
+    assert "use arch: onnx" in message
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("scripted.pt"))))
+    assert "use arch: torchscript" in message
+    message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "plain.pth"}))
+    assert "not an ONNX model" in message
+
+
+# ---- feature layers --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer,kind", [("layer4", "module"), ("flatten", "fx node"), ("layer3.1.add", "fx node")])
+def test_named_torch_feature_layers(zoo, layer, kind):
+    r = recipe(zoo["dir"], torchvision_teacher("plain.safetensors", feature_layer=layer),
+               {"arch": "torchvision:mobilenet_v3_small", "feature_layer": "avgpool"})
+    teacher, student = load_teacher(r), build_student(r)
+    distiller = Distiller(teacher, student, DistillSpec(), ClassDropSpec(), r.teacher.input)
+    expected_dim = 256 if layer.startswith("layer3") else 512
+    assert distiller.feature.adapter.weight.shape == (expected_dim, 576)
+    x = torch.randn(4, 3, 32, 32)
+    parts = distiller(x)
+    parts["loss"].backward()
+    assert parts["feature"] > 0 and student.features[0][0].weight.grad is not None
+    torch.testing.assert_close(parts["teacher_logits"], logits_of(zoo["model"], x))
+    distiller.teacher_tap.remove()
+    assert "forward" not in vars(teacher)
+
+
+def test_fx_node_student_layer_trains_the_real_student(zoo):
+    r = recipe(zoo["dir"], torchvision_teacher("plain.safetensors"), {"arch": "torchvision:resnet18", "feature_layer": "flatten"})
+    student = build_student(r)
+    tap = FeatureTap(student)
+    student.train()
+    student(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert tap.features.shape == (4, 512) and student.conv1.weight.grad is not None
+    tap.remove()
+    assert "forward" not in vars(student)
+
+
+def test_wrong_layer_name_suggests_close_ones(zoo):
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("plain.safetensors", feature_layer="layer4.1.relu2"))))
+    assert "teacher.feature_layer: ResNet has no layer 'layer4.1.relu2'; did you mean" in message and "layer4.1.relu_1" in message
+    message = bad_input(lambda: build_student(recipe(zoo["dir"], torchvision_teacher("plain.safetensors"),
+                                                     {"arch": "torchvision:mobilenet_v3_small", "feature_layer": "classifer.0"})))
+    assert "student.feature_layer" in message and "'classifier.0'" in message
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], {"arch": "torchscript", "weights": "scripted.pt", "input": INPUT,
+                                                                 "num_classes": 10, "feature_layer": "layer4"})))
+    assert "TorchScript" in message
+
+
+# ---- students --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:squeezenet1_1",
+                                  "torchvision:googlenet", "lenet5_half"])
+def test_students_adapt_to_classes_and_channels(arch):
+    spec = InputSpec(channels=1, size=32, mean=[0.5], std=[0.25])
+    student = build_student_model(arch, 7, spec)
+    with torch.no_grad():
+        assert student.eval()(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+
+
+def _write_module(folder: Path, source: str) -> str:
+    name = f"user_nets_{uuid.uuid4().hex[:8]}"
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    return name
+
+
+def test_user_callables_for_teacher_and_student(zoo, tmp_path):
+    name = _write_module(tmp_path, """
+        import torchvision
+        from torch import nn
+
+        def teacher(num_classes):
+            return torchvision.models.resnet18(num_classes=num_classes)
+
+        def student_fixed():
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1000))
+
+        def not_a_model():
+            return 42
+    """)
+    (tmp_path / "w.safetensors").write_bytes((zoo["dir"] / "plain.safetensors").read_bytes())
+    try:
+        r = recipe(tmp_path, torchvision_teacher("w.safetensors", arch=f"{name}:teacher"), {"arch": f"{name}:student_fixed"})
+        assert torch.equal(logits_of(load_teacher(r), zoo["x"]), zoo["logits"])
+        gray = InputSpec(channels=1, size=32, mean=[0.5], std=[0.25])
+        student = build_student_model(f"{name}:student_fixed", 10, gray, search_path=tmp_path)
+        assert student(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+        assert "not a torch.nn.Module" in bad_input(lambda: create_model(f"{name}:not_a_model", 10, 3))
+        assert "did you mean 'teacher'" in bad_input(lambda: create_model(f"{name}:teacher_", 10, 3))
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_student_that_cannot_take_the_input_size():
+    spec = InputSpec(channels=3, size=30, mean=[0.5] * 3, std=[0.25] * 3)
+    assert "cannot be built for 10 classes at size 30" in bad_input(lambda: build_student_model("torchvision:vit_b_32", 10, spec))
+
+
+def test_timm_is_optional():
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        assert "pip install timm" in bad_input(lambda: create_model("timm:resnet18", 10, 3))
+    else:
+        model = create_model("timm:resnet18", 10, 1)
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+# ---- end to end ------------------------------------------------------------------------------------------
+
+
+def test_compress_with_an_onnx_teacher_and_torchvision_student(zoo, tmp_path):
+    data = {
+        "name": "onnx-teacher",
+        "teacher": {"arch": "onnx", "weights": str(zoo["dir"] / "teacher.onnx")},
+        "pool": [{"builtin": "natural-patches", "count": 300}],
+        "select": {"strategy": "random", "per_class": 25, "batch_size": 100},
+        "student": {"arch": "torchvision:mobilenet_v3_small"},
+        "distill": {"epochs": 1, "batch_size": 32, "lr": 0.01},
+        "targets": [{"name": "cpu", "threads": 1, "warmup": 1, "iterations": 5}],
+    }
+    report = edgedistill.compress(recipe_from_dict(data, base_dir=tmp_path), run_dir=tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert on_disk["passed"] is report["passed"] is True
+    assert on_disk["teacher"]["parameters"] > on_disk["student"]["parameters"] > 0
+    assert len(on_disk["history"]) == 1 and "feature" in on_disk["history"][0]
