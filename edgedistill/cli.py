@@ -129,7 +129,8 @@ def validate_command(recipe: Optional[Path] = typer.Argument(None, metavar="[REC
                      precision: Optional[str] = typer.Option(None, "--precision", help="tensorrt/trtexec engine: fp32, fp16 or int8 (a Q/DQ model builds as int8)", rich_help_panel=ModelOpt),
                      provider: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt (repeatable, in order)", rich_help_panel=ModelOpt),
                      trtexec: Optional[str] = typer.Option(None, "--trtexec", help="trtexec binary (default: PATH, then /usr/src/tensorrt/bin/trtexec)", rich_help_panel=ModelOpt),
-                     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use at most this many labeled images", rich_help_panel=ModelOpt)) -> None:
+                     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use at most this many labeled images", rich_help_panel=ModelOpt),
+                     duration: Optional[float] = typer.Option(None, "--duration", min=0.01, help="time batch 1 for this many seconds instead of --iterations calls", rich_help_panel=ModelOpt)) -> None:
     """Measure accuracy and latency on each target and check the budgets.
 
     Re-gates an existing run without redoing select, distill or export: `validate --run-dir DIR` reuses the recipe the run recorded; add --set targets.0.budget.p99_ms=2 or --target NAME to change what is checked.
@@ -140,13 +141,15 @@ def validate_command(recipe: Optional[Path] = typer.Argument(None, metavar="[REC
     """
     model_options = {"--runtime": runtime, "--budget": budget, "--labeled": labeled, "--mean": mean, "--std": std,
                      "--out": out_dir, "--threads": threads, "--iterations": iterations, "--warmup": warmup,
-                     "--precision": precision, "--provider": provider, "--trtexec": trtexec, "--limit": limit}
+                     "--precision": precision, "--provider": provider, "--trtexec": trtexec, "--limit": limit,
+                     "--duration": duration}
     if recipe is not None and recipe.suffix.lower() == ".onnx":
         recipe_options = [name for name, value in (("--run-dir", run_dir), ("--set", set_), ("--target", target), ("--fresh", fresh)) if value]
         if recipe_options:
             _fail(f"{', '.join(recipe_options)} apply to a recipe; {recipe} is validated with --runtime, --budget and --labeled")
         _validate_model(recipe, runtime or "onnxruntime", budget or [], labeled, mean, std, out_dir, threads or 0,
-                        20 if warmup is None else warmup, iterations or 200, precision or "fp32", provider, trtexec, limit)
+                        20 if warmup is None else warmup, iterations or 200, precision or "fp32", provider, trtexec, limit,
+                        duration)
         return
     given = [name for name, value in model_options.items() if value]
     if given:
@@ -195,7 +198,8 @@ def _budget(items: list[str]):
 
 def _validate_model(model: Path, runtime: str, budget: list[str], labeled: Optional[Path], mean: Optional[str],
                     std: Optional[str], out_dir: Optional[Path], threads: int, warmup: int, iterations: int,
-                    precision: str, providers: Optional[list[str]], trtexec: Optional[str], limit: Optional[int]) -> None:
+                    precision: str, providers: Optional[list[str]], trtexec: Optional[str], limit: Optional[int],
+                    duration: Optional[float]) -> None:
     from .gate import exit_code, verdict_message
     from .validate import validate_model_file
 
@@ -206,7 +210,8 @@ def _validate_model(model: Path, runtime: str, budget: list[str], labeled: Optio
             raise BadInput(f"{model}: file not found")
         out_dir = out_dir or Path("runs") / f"validate-{model.stem}"
         report = validate_model_file(model, runtime, _budget(budget), out_dir, labeled, _floats("--mean", mean),
-                                     _floats("--std", std), threads, warmup, iterations, precision, providers, trtexec, limit)
+                                     _floats("--std", std), threads, warmup, iterations, precision, providers, trtexec, limit,
+                                     duration)
     except EdgeDistillError as exc:
         _fail(str(exc), exc.exit_code)
     result = report["targets"][0]

@@ -164,6 +164,9 @@ class TensorRTRunner:
     def __init__(self, model: Path, precision: str = "fp32", cache: EngineCache | None = None,
                  max_batch: int = TENSORRT_MAX_BATCH):
         trt = import_tensorrt()
+        if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (8, 5):
+            raise TargetUnavailable(f"runtime tensorrt needs TensorRT 8.5 or later for its tensor API (found "
+                                    f"{trt.__version__}); use runtime trtexec")
         torch = _cuda_torch()
         model = Path(model)
         self.trt, self.torch, self.precision = trt, torch, precision
@@ -191,8 +194,6 @@ class TensorRTRunner:
             raise TargetUnavailable(f"runtime tensorrt: TensorRT {trt.__version__} could not load the engine; "
                                     f"delete the cache {self.cache.root} and retry")
         self.context = self.engine.create_execution_context()
-        if not hasattr(self.context, "execute_async_v3"):
-            raise TargetUnavailable(f"runtime tensorrt needs TensorRT 8.5 or later (found {trt.__version__}); use runtime trtexec")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.stream = torch.cuda.Stream()

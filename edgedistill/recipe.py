@@ -111,7 +111,9 @@ class RelationTerms(Strict):
 
 class LossSpec(Strict):
     kd: Annotated[float, Field(ge=0)] = 1.0
-    temperature: Annotated[float, Field(gt=0)] = 4.0
+    temperature: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="softmax temperature of KD; on out-of-domain pools, temperatures above 1 amplify the teacher's "
+        "noisy low-probability classes (docs/method.md)")
     feature: Annotated[float, Field(ge=0)] = 1.0
     relation: Annotated[float, Field(ge=0)] = 1.0
     relation_terms: RelationTerms = RelationTerms()

@@ -195,5 +195,5 @@ def create_runner(target: "TargetSpec", model: Path) -> Runner:
 
         return create_device_runner(target, model)
     if target.runtime == "onnxruntime":
-        return OnnxRuntimeRunner(model, target.threads, getattr(target, "providers", None))
+        return OnnxRuntimeRunner(model, target.threads, target.providers)
     raise BadInput(f"unknown runtime {target.runtime!r}; available: onnxruntime, tensorrt, trtexec")

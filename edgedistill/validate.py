@@ -12,7 +12,7 @@ from torch import nn
 from .errors import BadInput, EdgeDistillError
 from .pool import convert_array, decode_image, list_images, normalize, UnreadableImage
 from .recipe import Budget, InputSpec, Recipe, TargetSpec
-from .runtimes import create_runner
+from .runtimes import OnnxRuntimeRunner, create_runner
 
 
 @dataclass
@@ -121,8 +121,6 @@ class Int8Reference:
 def measure_int8(fp32_model: Path, int8_model: Path, eval_set: EvalSet, spec: InputSpec,
                  teacher_pred: np.ndarray | None) -> tuple[dict, Int8Reference]:
     """Both models on ONNX Runtime CPU over the same eval set: accuracy (teacher agreement without labels) and the drop."""
-    from .runtimes import OnnxRuntimeRunner
-
     x = normalize(torch.from_numpy(eval_set.images), spec).numpy()
     preds = {}
     for key, path in (("fp32", fp32_model), ("int8", int8_model)):
@@ -162,11 +160,12 @@ class TargetResult:
 def validate_target(target: TargetSpec, model: Path, eval_set: EvalSet, spec: InputSpec,
                     teacher_pred: np.ndarray | None, teacher_accuracy: float | None,
                     on_progress: Callable[[int], None] | None = None, *,
-                    int8_reference: Int8Reference | None = None) -> TargetResult:
+                    int8_reference: Int8Reference | None = None, duration_s: float | None = None) -> TargetResult:
     """Runs the exported model on one target; a target that fails to run is recorded, not fatal for the others.
 
     Without teacher predictions (a model validated on its own) agreement stays None; an empty eval set
-    measures latency only.
+    measures latency only. `duration_s` times batch 1 for that long instead of `target.iterations` calls
+    (local onnxruntime and tensorrt runners only).
     """
     result = TargetResult(target.name, target.runtime, precision=getattr(target, "precision", "fp32"))
     runner = None
@@ -185,7 +184,7 @@ def validate_target(target: TargetSpec, model: Path, eval_set: EvalSet, spec: In
                 result.agreement = float((pred == teacher_pred).mean())
             if eval_set.labels is not None:
                 result.accuracy = float((pred == eval_set.labels).mean())
-        latency = runner.time(1, target.warmup, target.iterations)
+        latency = runner.time(1, target.warmup, target.iterations, **({"duration_s": duration_s} if duration_s else {}))
         result.latency = latency.as_dict()
         result.latency_samples_ms = [round(float(v), 5) for v in latency.samples_ms]
         result.throughput = runner.time(min(THROUGHPUT_BATCH, len(x) or THROUGHPUT_BATCH), max(1, target.warmup // 4),
@@ -251,7 +250,7 @@ def validate_model_file(model: Path, runtime: str, budget: Budget, out_dir: Path
                         mean: list[float] | None = None, std: list[float] | None = None, threads: int = 0,
                         warmup: int = 20, iterations: int = 200, precision: str = "fp32",
                         providers: list[str] | None = None, trtexec: str | None = None, limit: int | None = None,
-                        on_progress: Callable[[int], None] | None = None) -> dict:
+                        duration_s: float | None = None, on_progress: Callable[[int], None] | None = None) -> dict:
     """Gates any ONNX image classifier, not only edgedistill's: accuracy on a labeled folder, latency on one runtime.
 
     Writes report.json, latency_samples.json and the CI gate files to `out_dir`; returns the report.
@@ -268,6 +267,8 @@ def validate_model_file(model: Path, runtime: str, budget: Budget, out_dir: Path
     model = Path(model)
     if budget.max_accuracy_drop is not None or budget.max_int8_drop is not None:
         raise BadInput("a model on its own has no teacher or fp32 reference; --budget takes p99_ms and min_accuracy here")
+    if duration_s is not None and runtime == "trtexec":
+        raise BadInput("--duration: trtexec runs a fixed number of calls; use --iterations")
     if budget.min_accuracy is not None and labeled is None:
         raise BadInput("--budget min_accuracy needs --labeled FOLDER (one subfolder of images per class)")
     spec, meta = model_input_spec(model, mean, std)
@@ -284,7 +285,7 @@ def validate_model_file(model: Path, runtime: str, budget: Budget, out_dir: Path
                                       what="--labeled", sorted_fallback=True)
     else:
         eval_set = EvalSet("none (latency only)", np.zeros((0, spec.channels, spec.size, spec.size), np.uint8), None)
-    result = validate_target(target, model, eval_set, spec, None, None, on_progress)
+    result = validate_target(target, model, eval_set, spec, None, None, on_progress, duration_s=duration_s)
     report = {
         "name": model.stem,
         "passed": result.passed,

@@ -182,6 +182,25 @@ def test_remote_python_without_onnxruntime_is_unavailable(compressed_run, sshd_s
         create_device_runner(spec, compressed_run.run_dir / "student.onnx")
 
 
+def test_refused_key_is_unavailable(compressed_run, sshd_server, tmp_path):
+    config = sshd_server.write_client_config(tmp_path / "config", identity_file=sshd_server.unauthorized_identity)
+    spec = TargetSpec(**ssh_target_entry(sshd_server, ssh_config=str(config)))
+    with pytest.raises(TargetUnavailable, match="authentication refused"):
+        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+
+
+def test_hung_target_times_out_and_is_cleaned_up(compressed_run, sshd_server, tmp_path):
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 3\n")
+    slow.chmod(0o755)
+    spec = TargetSpec(**ssh_target_entry(sshd_server, remote_python=str(slow), timeout_s=1))
+    before = set(Path("/tmp").glob("edgedistill.*"))
+    with pytest.raises(TargetUnavailable, match="timed out after 1 s"):
+        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+    leftovers = {p for p in set(Path("/tmp").glob("edgedistill.*")) - before if (p / "edgedistill_ort.py").exists()}
+    assert not leftovers
+
+
 def test_missing_execution_provider_on_target(compressed_run, sshd_server):
     spec = TargetSpec(**ssh_target_entry(sshd_server, providers=["cuda"]))
     with pytest.raises(TargetUnavailable, match="lacks CUDAExecutionProvider.*onnxruntime-gpu"):

@@ -104,6 +104,17 @@ def test_natural_patches_are_seeded_and_cached_per_seed(tmp_path: Path, monkeypa
     assert len(list((tmp_path / "cache").glob("natural-patches-*.npz"))) == 2
 
 
+def test_only_the_newest_patch_caches_are_kept(tmp_path: Path) -> None:
+    for age in range(6):
+        stale = tmp_path / f"natural-patches-{age}.npz"
+        stale.write_bytes(b"")
+        os.utime(stale, (1000 - age, 1000 - age))
+    (tmp_path / "fashion-mnist-x.npz").write_bytes(b"")
+    sources._keep_newest(tmp_path, "natural-patches-*.npz", 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fashion-mnist-x.npz"] + [f"natural-patches-{age}.npz" for age in range(4)]
+
+
 @pytest.mark.parametrize("name", ["mnist-heldout", "sklearn-digits"] + (["fashion-mnist"] if FASHION_PRESENT else []))
 def test_subsets_are_seeded(name: str) -> None:
     full = _load_or_skip(name)
@@ -176,4 +187,4 @@ def test_unwritable_data_dir_still_loads(tmp_path: Path, monkeypatch: pytest.Mon
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("EDGEDISTILL_DATA", str(blocker))
-    assert len(_load_or_skip("sklearn-digits").images) == 1797
+    assert len(_load_or_skip("mnist-heldout").images) == 5000

@@ -1,0 +1,314 @@
+"""Runtime backends: selection and errors, latency statistics, the trtexec backend against a stand-in,
+and TensorRT / GPU paths wherever the machine has them (skipped with the reason elsewhere)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from edgedistill.cli import app
+from edgedistill.engines import EngineCache, LocalTrtexecRunner, find_trtexec, model_io
+from edgedistill.errors import BadInput, TargetUnavailable
+from edgedistill.export import export_onnx
+from edgedistill.quantize import quantize_int8
+from edgedistill.recipe import TargetSpec
+from edgedistill.runtimes import MIN_TIMED_CALLS, LatencyStats, OnnxRuntimeRunner, create_runner, resolve_providers, time_calls
+from edgedistill.sources import load_builtin
+from tests.test_export import CLASSES, MNIST, heldout, trained_lenet5, write_class_folders
+
+STANDIN = Path(__file__).with_name("fake_trtexec_standin.py")
+ROOT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+
+
+def _has_module(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except Exception:  # a TensorRT wheel without libnvinfer fails with OSError
+        return False
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+HAS_TENSORRT = _has_module("tensorrt")
+REAL_TRTEXEC = find_trtexec()
+needs_tensorrt = pytest.mark.skipif(not (HAS_TENSORRT and _cuda()),
+                                    reason="TensorRT Python API and a CUDA GPU are needed (tensorrt module "
+                                           f"{'present' if HAS_TENSORRT else 'not installed'}, torch.cuda "
+                                           f"{'available' if _cuda() else 'unavailable'})")
+needs_trtexec = pytest.mark.skipif(REAL_TRTEXEC is None or not _cuda(),
+                                   reason="NVIDIA trtexec and a GPU are needed (trtexec not on PATH nor at "
+                                          "/usr/src/tensorrt/bin/trtexec, or no CUDA GPU)")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("models")
+    fp32 = export_onnx(trained_lenet5(), MNIST, folder / "lenet5.onnx", CLASSES)
+    calibration = load_builtin("mnist-train").images[:128, None]
+    int8_trt = quantize_int8(fp32, folder / "lenet5.int8.trt.onnx", calibration, MNIST.mean, MNIST.std,
+                             for_tensorrt=True).path
+    return {"fp32": fp32, "int8_trt": int8_trt, "eval": heldout(200)}
+
+
+@pytest.fixture
+def standin_on_path(tmp_path, monkeypatch) -> Path:
+    """tests/fake_trtexec_standin.py as `trtexec` on PATH, and an empty engine cache."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "trtexec"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("EDGEDISTILL_ENGINE_CACHE", str(tmp_path / "engines"))
+    return wrapper
+
+
+def _normalized(images: np.ndarray) -> np.ndarray:
+    return ((images.astype(np.float32) / 255 - MNIST.mean[0]) / MNIST.std[0]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- latency statistics
+
+def test_latency_stats_flag_noisy_runs():
+    steady = LatencyStats.from_samples(np.full(100, 2.0) + np.linspace(0, 0.01, 100), batch=1)
+    assert not steady.noisy and steady.cv < 0.01 and steady.as_dict()["noisy"] is False
+    spiky = LatencyStats.from_samples(np.r_[np.full(95, 1.0), np.full(5, 10.0)], batch=1)
+    assert spiky.noisy and spiky.cv > 0.1 and spiky.p99_ms == pytest.approx(10.0)
+    assert LatencyStats.from_samples(np.r_[np.full(95, 1.0), np.full(5, 10.0)], 1, noisy_cv=10).noisy is False
+    assert "samples_ms" not in spiky.as_dict() and spiky.throughput_per_s == pytest.approx(1000 / spiky.mean_ms)
+
+
+def test_time_calls_by_count_or_by_duration():
+    calls = []
+    samples = time_calls(lambda: calls.append(1), warmup=3, iterations=7)
+    assert len(samples) == 7 and len(calls) == 10
+    started = time.perf_counter()
+    samples = time_calls(lambda: time.sleep(0.002), warmup=0, iterations=10_000, duration_s=0.05)
+    assert MIN_TIMED_CALLS <= len(samples) < 100 and time.perf_counter() - started < 2
+    assert len(time_calls(lambda: None, 0, 1, duration_s=0)) == MIN_TIMED_CALLS
+
+
+# ----------------------------------------------------------------------------------------- onnxruntime
+
+def test_onnxruntime_runner_records_threads_and_machine(models):
+    runner = OnnxRuntimeRunner(models["fp32"], threads=1)
+    logits = runner.infer(_normalized(models["eval"].images))
+    assert (logits.argmax(1) == models["eval"].labels).mean() > 0.9
+    stats = runner.time(1, warmup=2, iterations=15)
+    timed = runner.time(8, warmup=1, iterations=1, duration_s=0.02)
+    assert stats.iterations == 15 and stats.batch == 1 and timed.batch == 8 and timed.iterations >= MIN_TIMED_CALLS
+    facts = runner.facts()
+    assert facts["intra_op_threads"] == 1 and facts["inter_op_threads"] == 1
+    assert facts["providers"] == ["CPUExecutionProvider"] and facts["usable_cpus"] >= 1 and "cpu_model" in facts
+
+
+def test_provider_names_and_missing_providers(models):
+    assert resolve_providers(None) == ["CPUExecutionProvider"]
+    assert resolve_providers(["cuda"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(["tensorrt", "cuda"])[:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    for alias, name in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        if name in ort.get_available_providers():
+            continue
+        with pytest.raises(TargetUnavailable, match=f"lacks {name}.*onnxruntime-gpu"):
+            create_runner(TargetSpec(name="gpu", providers=[alias]), models["fp32"])
+    with pytest.raises(ValidationError, match="need runtime: onnxruntime"):
+        TargetSpec(name="x", runtime="trtexec", providers=["cuda"])
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers() or not _cuda(),
+                    reason="onnxruntime-gpu with CUDAExecutionProvider and a CUDA GPU are needed")
+def test_onnxruntime_cuda_provider_matches_cpu(models):
+    x = _normalized(models["eval"].images)
+    cpu = OnnxRuntimeRunner(models["fp32"]).infer(x)
+    gpu = OnnxRuntimeRunner(models["fp32"], providers=["cuda"])
+    assert gpu.providers[0] == "CUDAExecutionProvider"
+    assert np.abs(gpu.infer(x) - cpu).max() < 1e-3 and gpu.time(1, 5, 20).p50_ms > 0
+
+
+# ------------------------------------------------------------------------------------ selection/errors
+
+def test_runtime_selection_and_one_line_errors(models, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no trtexec to be found
+    monkeypatch.setattr("edgedistill.engines.DEFAULT_TRTEXEC", str(tmp_path / "absent" / "trtexec"))
+    assert isinstance(create_runner(TargetSpec(name="cpu"), models["fp32"]), OnnxRuntimeRunner)
+    with pytest.raises(TargetUnavailable, match=r"trtexec not found in PATH or .*absent/trtexec") as info:
+        create_runner(TargetSpec(name="t", runtime="trtexec"), models["fp32"])
+    assert "\n" not in str(info.value) and info.value.exit_code == 4
+    with pytest.raises(TargetUnavailable, match="trtexec not found in /opt/nowhere/trtexec"):
+        create_runner(TargetSpec(name="t", runtime="trtexec", trtexec="/opt/nowhere/trtexec"), models["fp32"])
+    if not HAS_TENSORRT:
+        with pytest.raises(TargetUnavailable, match="TensorRT Python package is not installed") as info:
+            create_runner(TargetSpec(name="trt", runtime="tensorrt"), models["fp32"])
+        assert "\n" not in str(info.value)
+    elif not _cuda():
+        with pytest.raises(TargetUnavailable, match="no CUDA GPU"):
+            create_runner(TargetSpec(name="trt", runtime="tensorrt"), models["fp32"])
+    with pytest.raises(ValidationError, match="runs on this machine"):
+        TargetSpec(name="trt", runtime="tensorrt", ssh="jetson")
+    assert model_io(models["fp32"])[1:] == ((1, 28, 28), None, False)
+    assert model_io(models["int8_trt"])[3] is True
+
+
+# ---------------------------------------------------------------------------------- trtexec (stand-in)
+
+def test_trtexec_backend_contract_with_standin(models, standin_on_path, tmp_path):
+    """Command lines the stand-in accepts as TRT 10's trtexec would; timings and outputs parsed back; cache reused."""
+    cache = EngineCache(tmp_path / "engines")
+    target = TargetSpec(name="jetson-like", runtime="trtexec", iterations=25, warmup=1)
+    runner = create_runner(target, models["fp32"])
+    assert isinstance(runner, LocalTrtexecRunner) and runner.trtexec == str(standin_on_path)
+    one = _normalized(models["eval"].images[:1])
+    assert runner.infer(one).shape == (1, 10)
+    stats = runner.time(1, warmup=1, iterations=25)
+    assert stats.iterations == 25 and stats.p50_ms == pytest.approx(1.115, abs=0.01) and not stats.noisy
+    assert runner.time(64, warmup=0, iterations=10).batch == 64
+    facts = runner.facts()
+    assert facts["tensorrt"] == "10.3.0" and facts["gpu"] == "stand-in (no GPU)" and facts["engine_cache"] == "built"
+    assert facts["engine_cache_dir"] == str(cache.root) and facts["precision"] == "fp32"
+    runner.close()
+    engines = sorted(p.name for p in cache.root.glob("*.engine"))
+    assert len(engines) == 1 and b"STAND-IN" in (cache.root / engines[0]).read_bytes()
+
+    again = create_runner(target, models["fp32"])
+    again.infer(one)
+    assert again.facts()["engine_cache"] == "hit" and again.facts()["tensorrt"] == "10.3.0"
+    again.close()
+
+    int8 = create_runner(target.model_copy(update={"precision": "int8"}), models["int8_trt"])
+    int8.infer(one)
+    assert int8.facts()["engine_cache"] == "built" and int8.facts()["precision"] == "int8"
+    int8.close()
+    assert len(list(cache.root.glob("*.engine"))) == 2
+    with pytest.raises(BadInput, match="needs a Q/DQ model.*--for-tensorrt"):
+        create_runner(target.model_copy(update={"precision": "int8"}), models["fp32"])
+
+
+def test_engine_cache_keys_separate_everything_that_changes_a_plan(tmp_path):
+    base = dict(onnx="abc", precision="fp16", tensorrt="10.3.0", gpu="Orin", max_batch=64)
+    keys = {EngineCache.key(**base)} | {EngineCache.key(**(base | {k: "other"})) for k in base}
+    assert len(keys) == len(base) + 1
+    cache = EngineCache(tmp_path)
+    key = EngineCache.key(**base)
+    assert cache.lookup(key) is None
+    cache.store(key, b"plan", {"tensorrt": "10.3.0"})
+    assert cache.lookup(key).read_bytes() == b"plan" and cache.meta(key) == {"tensorrt": "10.3.0"}
+    assert not list(tmp_path.glob("*.part"))
+
+
+# ------------------------------------------------------------------------------------ real TensorRT
+
+@needs_tensorrt
+def test_tensorrt_python_backend_fp16_and_int8(models, tmp_path):
+    from edgedistill.engines import TensorRTRunner
+
+    x = _normalized(models["eval"].images)
+    reference = OnnxRuntimeRunner(models["fp32"]).infer(x)
+    cache = EngineCache(tmp_path / "engines")
+    for model, precision, tolerance in ((models["fp32"], "fp32", 1e-2), (models["fp32"], "fp16", 0.1),
+                                        (models["int8_trt"], "int8", None)):
+        runner = TensorRTRunner(model, precision=precision, cache=cache)
+        logits = runner.infer(x)
+        agreement = (logits.argmax(1) == reference.argmax(1)).mean()
+        assert agreement >= (0.99 if tolerance else 0.95), (precision, agreement)
+        if tolerance:
+            assert np.abs(logits - reference).max() < tolerance
+        stats = runner.time(1, 10, 50)
+        assert stats.p50_ms > 0 and runner.time(64, 2, 10).batch == 64
+        assert runner.facts()["engine_cache"] == "built" and runner.facts()["gpu"]
+        runner.close()
+    hit = TensorRTRunner(models["fp32"], precision="fp16", cache=cache)
+    assert hit.facts()["engine_cache"] == "hit"
+
+
+@needs_trtexec
+def test_real_trtexec_matches_onnxruntime(models, tmp_path):
+    x = _normalized(models["eval"].images[:64])
+    reference = OnnxRuntimeRunner(models["fp32"]).infer(x)
+    runner = LocalTrtexecRunner(models["fp32"], TargetSpec(name="gpu", runtime="trtexec", precision="fp16"),
+                                cache=EngineCache(tmp_path / "engines"))
+    try:
+        assert (runner.infer(x).argmax(1) == reference.argmax(1)).mean() >= 0.98
+        assert runner.time(1, 1, 50).p99_ms > 0 and runner.facts()["tensorrt"]
+    finally:
+        runner.close()
+
+
+# ------------------------------------------------------------------------------- validate MODEL.onnx
+
+def test_standalone_validate_command(models, tmp_path, standin_on_path):
+    labeled = write_class_folders(tmp_path / "labeled", models["eval"])
+    runner = CliRunner()
+    base = ["validate", str(models["fp32"]), "--labeled", str(labeled), "--threads", "1", "--iterations", "20", "--warmup", "2"]
+
+    result = runner.invoke(app, [*base, "--budget", "p99_ms=1000", "--budget", "min_accuracy=0.5", "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    target = report["targets"][0]
+    assert report["passed"] and target["accuracy"] > 0.9 and target["agreement"] is None
+    assert report["eval"] == {"name": str(labeled), "samples": 200, "labeled": True}
+    assert target["latency"]["iterations"] == 20 and "noisy" in target["latency"] and target["throughput"]["batch"] == 64
+    assert target["facts"]["intra_op_threads"] == 1 and report["model"]["opset"] >= 17
+    assert (tmp_path / "ok" / "junit.xml").is_file() and (tmp_path / "ok" / "latency_samples.json").is_file()
+
+    result = runner.invoke(app, [*base, "--budget", "min_accuracy=0.9999", "--out", str(tmp_path / "strict")])
+    assert result.exit_code == 3 and "min_accuracy" in result.output
+
+    if not HAS_TENSORRT:
+        result = runner.invoke(app, [*base, "--runtime", "tensorrt", "--out", str(tmp_path / "trt")])
+        assert result.exit_code == 4 and "TensorRT Python package is not installed" in result.output
+
+    one = write_class_folders(tmp_path / "one", type(models["eval"])("one", models["eval"].images[:1], models["eval"].labels[:1]))
+    result = runner.invoke(app, ["validate", str(models["fp32"]), "--runtime", "trtexec", "--labeled", str(one),
+                                 "--budget", "p99_ms=5", "--iterations", "20", "--out", str(tmp_path / "trtexec")])
+    assert result.exit_code == 0, result.output
+    facts = json.loads((tmp_path / "trtexec" / "report.json").read_text())["targets"][0]["facts"]
+    assert facts["runtime"] == "trtexec" and facts["tensorrt"] == "10.3.0"
+
+
+def test_standalone_validate_foreign_model_and_bad_input(models, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(models["fp32"]))
+    del proto.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(foreign))
+    labeled = tmp_path / "labeled"
+    for name, label in (("zero", 0), ("one", 1)):  # names the model does not know: sorted folder order
+        picks = models["eval"].images[models["eval"].labels == label][:10]
+        (labeled / name).mkdir(parents=True)
+        for i, image in enumerate(picks):
+            Image.fromarray(image[0]).save(labeled / name / f"{i}.png")
+    runner = CliRunner()
+    result = runner.invoke(app, ["validate", str(foreign), "--labeled", str(labeled), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--mean" in result.output
+    result = runner.invoke(app, ["validate", str(foreign), "--labeled", str(labeled), "--mean", "0.1307", "--std", "0.3081",
+                                 "--duration", "0.05", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert "sorted folder order" in report["eval"]["name"]  # one=0, zero=1: accuracy near 0, and says why
+    assert report["targets"][0]["latency"]["iterations"] >= 10
+    for argv, needle in ((["--budget", "max_accuracy_drop=0.1"], "no teacher"), (["--budget", "p99"], "NAME=VALUE"),
+                         (["--runtime", "tflite"], "--runtime"), (["--set", "a=1"], "apply to a recipe"),
+                         (["--budget", "min_accuracy=2"], "min_accuracy"), (["--mean", "a,b"], "numbers"),
+                         (["--runtime", "trtexec", "--duration", "1"], "--iterations")):
+        result = runner.invoke(app, ["validate", str(models["fp32"]), *argv, "--out", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and needle in result.output, (argv, result.output)
+    result = runner.invoke(app, ["validate", str(ROOT_RECIPE), "--runtime", "trtexec"])
+    assert result.exit_code == 2 and "apply to `validate MODEL.onnx`" in result.output
