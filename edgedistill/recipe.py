@@ -1,7 +1,6 @@
 """The recipe: one YAML file, safe-loaded and validated, that drives every stage."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 

@@ -5,7 +5,7 @@ quoting, host-key checks and multiplexing only mean something against the
 real programs.  Everything (host key, user keys, authorized_keys, pid file,
 log) lives in a private temp dir; nothing outside 127.0.0.1 is touched.
 
-Use it with ``from tests.sshd import sshd_server`` in a test module.
+Registered for every test module by tests/conftest.py (pytest_plugins).
 """
 
 from __future__ import annotations

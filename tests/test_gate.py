@@ -14,8 +14,6 @@ from edgedistill.cli import app
 from edgedistill.gate import exit_code, junit_xml, summary_markdown
 from edgedistill.pipeline import Pipeline
 from edgedistill.recipe import load_recipe
-from tests.sshd import sshd_server  # noqa: F401  (fixture)
-from tests.test_remote import compressed_run  # noqa: F401  (fixture)
 
 
 def verdict(budget: str, measured: float, limit: float, passed: bool, basis: str = "accuracy") -> dict:

@@ -14,8 +14,6 @@ from typer.testing import CliRunner
 
 from edgedistill.cli import app
 from edgedistill.report import POOL_COLOR, SELECTED_COLOR, build_report_html
-from tests.sshd import sshd_server  # noqa: F401  (fixture)
-from tests.test_remote import compressed_run  # noqa: F401  (fixture)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,6 @@ import pytest
 
 from edgedistill.errors import BadInput, TargetUnavailable
 from edgedistill.ssh import RemoteCommandFailed, SSHTarget, SSHUnavailable, _diagnose, quote_argv
-from tests.sshd import sshd_server  # noqa: F401  (fixture)
 
 NASTY = [
     "plain",
