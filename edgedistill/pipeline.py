@@ -188,6 +188,7 @@ class Pipeline:
             log.info("distill: %s", json.dumps(rec))
 
         started = time.perf_counter()
+        torch.manual_seed(r.seed)  # the student's initial weights must not depend on what ran before in this process
         result = distill(self.teacher, build_student(r), train, r.distill, r.class_drop, spec, r.seed,
                          checkpoint=ckpt, evaluate=evaluate, on_epoch=on_epoch, on_step=lambda: progress.advance(task))
         save_student(result.student, r, self.run)
