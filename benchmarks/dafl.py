@@ -11,7 +11,7 @@ it at width 64 and batch 128 (about 8x cheaper per step) so that it gets thousan
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

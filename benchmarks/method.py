@@ -12,7 +12,6 @@ run in two processes and the last one to finish writes the complete page.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -29,7 +28,7 @@ import yaml
 
 from edgedistill.distill import augment_batch, distill
 from edgedistill.pipeline import HOLDOUT, _versions, build_student, load_teacher
-from edgedistill.pool import build_pool, normalize, standardize
+from edgedistill.pool import build_pool, standardize
 from edgedistill.recipe import Recipe, recipe_from_dict
 from edgedistill.select import select_pool
 from edgedistill.sources import FASHION_CLASSES, load_builtin
@@ -195,7 +194,7 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
     for seed in range(seeds):
         selections: dict = {}
 
-        def selection(strategy: str, total: int | None):
+        def selection(strategy: str, total: int | None, selections: dict = selections, seed: int = seed):
             if strategy not in selections:
                 r = make_recipe(bench, epochs, {"strategy": strategy})
                 sel_spec = r.select.model_copy(update={"total": total}) if total else r.select
@@ -208,7 +207,6 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
 
         balanced, _ = selection("balanced", None)
         size = len(balanced.images)
-        results.setdefault("selection", {})[str(seed)] = {s: v[0].stats for s, v in selections.items()}
         for k in keys:
             if k in ("teacher", "dafl"):
                 continue
@@ -231,6 +229,7 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
                 sel, sel_s = selection(strategy, None if strategy == "balanced" else size)
                 train = split(sel.images, seed)
                 clock = Clock(offset=sel_s)  # the row's time includes scoring the pool
+                torch.manual_seed(seed)  # every row starts from the same student weights, as Pipeline.stage_distill does
                 student = build_student(recipe)
                 distill(teacher, student, train, recipe.distill, recipe.class_drop, spec, seed,
                         evaluate=make_evaluate(ev.images, ev.labels, spec, clock, curve))
@@ -238,13 +237,15 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
                        "train_size": len(train)}
             results["rows"][k]["runs"].append(run)
             log(f"[{bench} seed {seed}] {k}: {run['accuracy']:.4f} in {run['wall_s']:.0f} s")
+        results.setdefault("selection", {})[str(seed)] = {s: v[0].stats for s, v in selections.items()}
         if "dafl" in keys:
             full_run = results["rows"]["full"]["runs"][-1]
             budget = m["dafl_factor"] * full_run["wall_s"]
             curve = []
             clock = Clock()
             evaluate = make_evaluate(ev.images, ev.labels, spec, clock, curve)
-            out = run_dafl(teacher, build_student(base), budget, lambda s: evaluate(s)["accuracy"], seed,
+            torch.manual_seed(seed)
+            out = run_dafl(teacher, build_student(base), budget, lambda s, evaluate=evaluate: evaluate(s)["accuracy"], seed,
                            eval_every_s=max(5.0, budget / 60))
             curve = [(round(t, 2), a) for t, a in out["curve"]]
             reach = time_to(curve, full_run["accuracy"])
@@ -304,7 +305,7 @@ def plot(results: dict, path: Path) -> None:
         c = row["runs"][0]["curve"]
         ax.plot([t for t, _ in c], [100 * a for _, a in c], style, ms=3, label=row["label"].replace("**", ""))
     ax.axhline(100 * results["teacher_accuracy"], color="gray", ls="--", lw=1, label="teacher")
-    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(left=0)
     ax.set_xlabel("wall-clock seconds (1 CPU thread, seed 0; pool scoring included)")
     ax.set_ylabel(f"accuracy on {results['eval'].removeprefix('builtin:')} (%)")
     ax.set_title(f"{results['bench']}: accuracy against wall-clock time ({results['mode']})")
@@ -326,11 +327,16 @@ def render(mode: str) -> str:
     for r in all_results:
         r["dafl_factor"] = m["dafl_factor"]
         lines += [f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, {r['seeds']} seed(s)", "",
-                  r["what"] + ".", "",
+                  r["what"] + ".", ""]
+        if mode == "quick":
+            lines += [("`--quick` trains 10 epochs, half of recipes/demo.yaml's 20 (the one-cycle schedule is compressed to fit), "
+                       "with one seed: single-seed differences of a few points are within run-to-run noise."), ""]
+        lines += [
                   "| row | accuracy % (mean ± std) | % of teacher | wall time (s) | time to 95% of final (s) | notes |",
                   "|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in summarize(r)]
         lines += ["", f"Command: `{r['command']}` (bench wall time {r['bench_wall_s']:.0f} s, {r['finished']}).", ""]
+        plot(r, ROOT / "docs" / f"{r['bench'].lower().replace('-', '_')}_time_to_accuracy.png")
         png = ROOT / "docs" / f"{r['bench'].lower().replace('-', '_')}_time_to_accuracy.png"
         if png.exists():
             lines += [f"![{r['bench']} accuracy against time]({png.name})", ""]
@@ -342,10 +348,11 @@ def render(mode: str) -> str:
     if all_results:
         v = all_results[-1]["versions"]
         lines += ["## Environment", "", "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
-                  f"- {all_results[-1]['machine']}", "- `torch.set_num_threads(1)` per process; two bench processes may have shared the 2 cores, "
-                  "so wall times carry some noise.",
-                  "- Wall time of a distillation row = scoring the pool with the teacher (`select_pool`) + training, without evaluation time. "
-                  "Time to 95%: the first per-epoch evaluation at or above 95% of the row's final accuracy.", ""]
+                  f"- {all_results[-1]['machine']}",
+                  ("- `torch.set_num_threads(1)` per process; two bench processes (and another engineer's jobs) shared the 2 cores, "
+                   "so wall times carry noise."),
+                  ("- Wall time of a distillation row = scoring the pool with the teacher (`select_pool`) + training, without evaluation time. "
+                   "Time to 95%: the first per-epoch evaluation at or above 95% of the row's final accuracy."), ""]
     text = "\n".join(lines)
     DOC.write_text(text)
     return text
@@ -372,7 +379,7 @@ def main() -> None:
             started = time.perf_counter()
             log_file = (out_dir / f"{bench}.log").open("w")
 
-            def log(msg: str) -> None:
+            def log(msg: str, log_file=log_file) -> None:
                 print(msg, flush=True)
                 log_file.write(msg + "\n")
                 log_file.flush()

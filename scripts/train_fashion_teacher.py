@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo_teacher import MEAN, ROOT, STD, accuracy, random_affine, to_tensor  # noqa: E402
+from train_demo_teacher import MEAN, ROOT, STD, accuracy, random_affine, to_tensor
 
-from edgedistill.models import count_parameters, create_model  # noqa: E402
-from edgedistill.sources import load_builtin  # noqa: E402
+from edgedistill.models import count_parameters, create_model
+from edgedistill.sources import load_builtin
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = math.ceil(len(images) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps)
-    augment = dict(degrees=6.0, scale=0.08, shift=2.0, shear=4.0)
+    augment = {"degrees": 6.0, "scale": 0.08, "shift": 2.0, "shear": 4.0}
     generator = torch.Generator().manual_seed(args.seed)
     for epoch in range(args.epochs):
         model.train()

@@ -24,7 +24,7 @@ def tiny_recipe(tmp_path: Path, budget: dict | None = None, **distill) -> Path:
     data["teacher"]["weights"] = str(TEACHER)
     data["pool"] = [{"builtin": "sklearn-digits"}, {"builtin": "fashion-mnist", "count": 2000}]
     data["select"] = {"strategy": "balanced", "per_class": 60}
-    data["distill"].update({"epochs": 2, "batch_size": 64, **distill})
+    data["distill"].update({"epochs": 3, "batch_size": 32, **distill})
     data["eval"] = {"labeled": "builtin:mnist-heldout", "limit": 500}
     data["targets"] = [{"name": "cpu", "runtime": "onnxruntime", "threads": 1, "iterations": 30,
                         "budget": {"p99_ms": 50.0, "min_accuracy": 0.2} if budget is None else budget}]
@@ -53,7 +53,7 @@ def test_compress_writes_every_artifact(finished_run):
     assert on_disk["parity"]["top1_agreement"] == 1.0 and on_disk["parity"]["max_abs_diff"] < 1e-3
     assert on_disk["teacher"]["accuracy"] > 0.9 and on_disk["student"]["parameters"] < on_disk["teacher"]["parameters"]
     assert on_disk["selection"]["selected"] == sum(on_disk["selection"]["selected_per_class"])
-    assert len(on_disk["history"]) == 2 and not list(run.glob("*.part"))
+    assert len(on_disk["history"]) == 3 and not list(run.glob("*.part"))
 
 
 def test_rerun_skips_finished_stages_and_budget_exit_code(finished_run, tmp_path):
