@@ -21,7 +21,6 @@ from .errors import BadInput
 log = logging.getLogger("edgedistill")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-LIBRARY_PREFIXES = ("torchvision:", "timm:")
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -88,14 +87,6 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
 def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
     parent, _, leaf = dotted.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The classifier layer: the last nn.Linear in registration order."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise BadInput(f"{type(model).__name__} has no nn.Linear classifier; name a feature layer explicitly")
-    return found[-1]
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:

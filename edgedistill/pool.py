@@ -116,9 +116,6 @@ class Pool(torch.utils.data.Dataset):
         except UnreadableImage as exc:
             return index, None, f"{part.paths[local]}: {exc}"
 
-    def describe(self, index: int) -> str:
-        part, local = self.locate(index)
-        return str(part.paths[local]) if part.paths is not None else f"{part.name}[{local}]"
 
 
 def collate_pool(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
