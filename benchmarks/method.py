@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 
 from edgedistill.distill import augment_batch, distill
-from edgedistill.pipeline import HOLDOUT, _versions, build_student, load_teacher
+from edgedistill.pipeline import _versions, build_student, load_teacher, split_selection
 from edgedistill.pool import build_pool, standardize
 from edgedistill.recipe import Recipe, recipe_from_dict
 from edgedistill.select import select_pool
@@ -109,11 +109,8 @@ def make_recipe(bench: str, epochs: int | None, edits: dict | None = None) -> Re
 
 
 def split(images: np.ndarray, seed: int) -> np.ndarray:
-    """The training part of a selection, exactly as Pipeline._split holds out its agreement samples."""
-    n = len(images)
-    holdout = np.zeros(n, dtype=bool)
-    holdout[np.random.default_rng(seed).permutation(n)[: min(HOLDOUT, n // 20)]] = True
-    return images[~holdout]
+    """The training part of a selection, as the pipeline splits it."""
+    return split_selection(images, seed)[0]
 
 
 class Clock:

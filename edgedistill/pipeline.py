@@ -36,6 +36,13 @@ HOLDOUT = 500
 log = logging.getLogger("edgedistill")
 
 
+def split_selection(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, holdout): up to HOLDOUT selected images, 5% at most, kept from training to measure agreement."""
+    holdout = np.zeros(len(images), dtype=bool)
+    holdout[np.random.default_rng(seed).permutation(len(images))[: min(HOLDOUT, len(images) // 20)]] = True
+    return images[~holdout], images[holdout]
+
+
 def load_teacher(recipe: Recipe) -> nn.Module:
     """From any source the recipe names (edgedistill.teacher), frozen, checked to run on the recipe's input."""
     t = recipe.teacher
@@ -97,6 +104,7 @@ class Pipeline:
     def __init__(self, recipe: Recipe, run_dir: Path, console: Console):
         self.recipe, self.run, self.console = recipe, RunDir(run_dir), console
         self._teacher: nn.Module | None = None
+        self._selection_split: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def teacher(self) -> nn.Module:
@@ -133,6 +141,7 @@ class Pipeline:
         selection = select_pool(self.teacher, pool, self.recipe.select, self.recipe.teacher.num_classes, self.recipe.seed,
                                 on_batch=lambda n: progress.advance(task, n))
         save_selection(selection, self.run / "selected.npz")
+        self._selection_split = None
         atomic_write_json(self.run / "selection.json", selection.stats)
         s = selection.stats
         log.info("select: %d of %d pool images kept, %d unreadable", s["selected"], s["pool_size"], s["skipped"])
@@ -144,12 +153,10 @@ class Pipeline:
         self.run.mark_done("select", self.inputs("select"), ["selected.npz", "selection.json"], {"selected": s["selected"]})
 
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
-        """Deterministic train/holdout split of the selection: the holdout measures agreement without labels."""
-        selection = load_selection(self.run / "selected.npz")
-        n = len(selection.images)
-        holdout = np.zeros(n, dtype=bool)
-        holdout[np.random.default_rng(self.recipe.seed).permutation(n)[: min(HOLDOUT, n // 20)]] = True
-        return selection.images[~holdout], selection.images[holdout]
+        """The selection's train/holdout split, read once; the select stage drops it when it writes a new selection."""
+        if self._selection_split is None:
+            self._selection_split = split_selection(load_selection(self.run / "selected.npz").images, self.recipe.seed)
+        return self._selection_split
 
     def eval_set(self) -> EvalSet:
         if self.recipe.eval.labeled:
@@ -203,8 +210,8 @@ class Pipeline:
         student = load_student(r, self.run)
         export_onnx(student, r.teacher.input, self.run / "student.onnx", r.teacher.class_names)
         progress.advance(task)
-        _, holdout = self._split()
-        sample = holdout if len(holdout) else load_selection(self.run / "selected.npz").images[:256]
+        train, holdout = self._split()
+        sample = holdout if len(holdout) else train[:256]
         parity = parity_dict(check_parity(student, self.run / "student.onnx", sample, r.teacher.input))
         atomic_write_json(self.run / "parity.json", parity)
         progress.advance(task)
@@ -220,8 +227,7 @@ class Pipeline:
     def _export_int8(self, progress: Progress) -> list[str]:
         """INT8 copies calibrated on the selection's training split: the pool images the student learned from."""
         r, spec, q = self.recipe, self.recipe.teacher.input, self.recipe.export.int8
-        train, _ = self._split()
-        calibration = train if len(train) else load_selection(self.run / "selected.npz").images
+        calibration, _ = self._split()
         variants = {"student.int8.onnx": False} | ({"student.int8.trt.onnx": True} if self._needs_tensorrt_int8() else {})
         task = progress.add_task("export: int8", total=len(variants), info=f"{q.method}, {min(q.samples, len(calibration))} samples")
         info = {"method": q.method, "calibration_source": "selected.npz (training split)", "models": {}}
@@ -318,7 +324,7 @@ def compress(recipe: Recipe | str | Path, run_dir: Path | str | None = None, fre
         recipe = load_recipe(recipe)
     console = console or Console(stderr=True)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
-    forced = tuple(s for s in stages if len(stages) == 1)
+    forced = stages if len(stages) == 1 else ()
     report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced)
     if report and not report["passed"]:
         unavailable = [f"{t['name']}: {t['error']}" for t in report["targets"] if t["error"]]

@@ -152,6 +152,6 @@ def save_selection(selection: Selection, path) -> None:
     atomic_write_npz(path, images=selection.images, pool_index=selection.pool_index, probs=selection.probs)
 
 
-def load_selection(path, stats: dict | None = None) -> Selection:
+def load_selection(path) -> Selection:
     with np.load(path) as data:
-        return Selection(data["images"], data["pool_index"], data["probs"], stats or {})
+        return Selection(data["images"], data["pool_index"], data["probs"])
