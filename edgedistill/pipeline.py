@@ -5,7 +5,7 @@ import json
 import logging
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -17,30 +17,25 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .compute import resolve_compute
 from .distill import distill
+from .distributed import barrier, broadcast_object, close_world, init_world, world
 from .errors import BadInput, BudgetFailed, TargetUnavailable
 from .export import check_parity, export_onnx, parity_dict
 from .gate import write_gate_files
 from .models import build_student_model, count_parameters, fit_state_dict
-from .pool import build_pool
+from .pool import build_pool, default_workers
 from .quantize import quantize_int8
 from .recipe import Recipe
 from .report import write_report_html
 from .rundir import RunDir, atomic_path, atomic_write_json
-from .select import load_selection, save_selection, select_pool
+from .select import holdout_last, load_selection, save_selection, select_pool, split_selection
 from .teacher import load_teacher_model
 from .validate import EvalSet, load_labeled, measure_int8, predict_torch, validate_target
 
 STAGES = ("select", "distill", "export", "validate")
-HOLDOUT = 500
+RANKED_STAGES = ("select", "distill")  # the stages every rank of a torchrun launch takes part in
 log = logging.getLogger("edgedistill")
-
-
-def split_selection(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, holdout): up to HOLDOUT selected images, 5% at most, kept from training to measure agreement."""
-    holdout = np.zeros(len(images), dtype=bool)
-    holdout[np.random.default_rng(seed).permutation(len(images))[: min(HOLDOUT, len(images) // 20)]] = True
-    return images[~holdout], images[holdout]
 
 
 def load_teacher(recipe: Recipe) -> nn.Module:
@@ -103,6 +98,8 @@ def _versions() -> dict:
 class Pipeline:
     def __init__(self, recipe: Recipe, run_dir: Path, console: Console):
         self.recipe, self.run, self.console = recipe, RunDir(run_dir), console
+        self.world = world()
+        self.compute = resolve_compute(recipe.compute, self.world.device)
         self._teacher: nn.Module | None = None
         self._selection_split: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -136,12 +133,21 @@ class Pipeline:
         return self.run / ("student.int8.onnx" if target.runtime == "onnxruntime" else "student.int8.trt.onnx")
 
     def stage_select(self, progress: Progress) -> None:
-        pool = build_pool(self.recipe)
-        task = progress.add_task("select: scoring pool", total=len(pool), info=f"{len(pool.parts)} sources")
-        selection = select_pool(self.teacher, pool, self.recipe.select, self.recipe.teacher.num_classes, self.recipe.seed,
-                                on_batch=lambda n: progress.advance(task, n))
+        r, w = self.recipe, self.world
+        pool = build_pool(r, w.rank, w.size)
+        workers = r.compute.workers if r.compute.workers is not None else default_workers(pool, w.local_size)
+        task = progress.add_task("select: scoring pool", total=pool.size, info=f"{len(pool.parts)} sources, {w.size} rank(s)")
+        started = time.perf_counter()
+        selection = select_pool(self.teacher, pool, r.select, r.teacher.num_classes, r.seed,
+                                on_batch=lambda n: progress.advance(task, n * w.size), compute=self.compute, workers=workers)
+        seconds = time.perf_counter() - started
+        selection = holdout_last(selection, r.seed)
+        selection.stats["throughput"] = {"seconds": seconds, "images_per_s": selection.stats["pool_size"] / max(seconds, 1e-9),
+                                         "ranks": w.size, "workers_per_rank": workers}
+        self._selection_split = split_selection(selection)
+        if not w.main:
+            return
         save_selection(selection, self.run / "selected.npz")
-        self._selection_split = None
         atomic_write_json(self.run / "selection.json", selection.stats)
         s = selection.stats
         log.info("select: %d of %d pool images kept, %d unreadable", s["selected"], s["pool_size"], s["skipped"])
@@ -150,12 +156,13 @@ class Pipeline:
         if s["under_covered_classes"]:
             self.console.print(f"[yellow]select: the pool barely covers classes {s['under_covered_classes']} "
                                f"(selected {[s['selected_per_class'][c] for c in s['under_covered_classes']]} of {self.recipe.select.per_class})")
-        self.run.mark_done("select", self.inputs("select"), ["selected.npz", "selection.json"], {"selected": s["selected"]})
+        self.run.mark_done("select", self.inputs("select"), ["selected.npz", "selected_images.npy", "selection.json"],
+                           {"selected": s["selected"]})
 
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
         """The selection's train/holdout split, read once; the select stage drops it when it writes a new selection."""
         if self._selection_split is None:
-            self._selection_split = split_selection(load_selection(self.run / "selected.npz").images, self.recipe.seed)
+            self._selection_split = split_selection(load_selection(self.run / "selected.npz"))
         return self._selection_split
 
     def eval_set(self) -> EvalSet:
@@ -178,11 +185,11 @@ class Pipeline:
                 out["accuracy"] = float((pred == eval_set.labels).mean())
             return out
 
-        teacher_pred = predict_torch(self.teacher, eval_set.images, spec).argmax(1)
+        teacher_pred = predict_torch(self.teacher, eval_set.images, spec).argmax(1) if self.world.main else None
         steps = max(1, len(train) // r.distill.batch_size)
-        task = progress.add_task("distill", total=r.distill.epochs * steps, info="")
+        task = progress.add_task("distill", total=r.distill.epochs * steps, info=f"{self.world.size} rank(s)")
         ckpt = self.run / "distill.ckpt"
-        if ckpt.exists():
+        if ckpt.exists() and self.world.main:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             progress.update(task, completed=state["epoch"] * steps)
             self.console.print(f"distill: resumed at epoch {state['epoch']} from the checkpoint of an interrupted run")
@@ -197,12 +204,18 @@ class Pipeline:
         started = time.perf_counter()
         torch.manual_seed(r.seed)  # the student's initial weights must not depend on what ran before in this process
         result = distill(self.teacher, build_student(r), train, r.distill, r.class_drop, spec, r.seed,
-                         checkpoint=ckpt, evaluate=evaluate, on_epoch=on_epoch, on_step=lambda: progress.advance(task))
-        save_student(result.student, r, self.run)
-        atomic_write_json(self.run / "history.json", result.history)
-        self.run.mark_done("distill", self.inputs("distill"), ["student.safetensors", "student.json", "history.json"],
-                           {"seconds": time.perf_counter() - started})
-        ckpt.unlink(missing_ok=True)
+                         checkpoint=ckpt, evaluate=evaluate, on_epoch=on_epoch, on_step=lambda: progress.advance(task),
+                         compute=self.compute, teacher_cache=self.run / "teacher_outputs.npy")
+        seconds = time.perf_counter() - started
+        if self.world.main:
+            trained = (r.distill.epochs - result.start_epoch) * steps * r.distill.batch_size
+            save_student(result.student.cpu(), r, self.run)
+            atomic_write_json(self.run / "history.json", result.history)
+            self.run.mark_done("distill", self.inputs("distill"), ["student.safetensors", "student.json", "history.json"],
+                               {"seconds": seconds, "images_per_s": trained / max(seconds, 1e-9), "ranks": self.world.size})
+            ckpt.unlink(missing_ok=True)
+            (self.run / "teacher_outputs.npy").unlink(missing_ok=True)
+        barrier()
 
     def stage_export(self, progress: Progress) -> None:
         r = self.recipe
@@ -292,29 +305,40 @@ class Pipeline:
         self.run.mark_done("validate", self.inputs("validate"), ["report.json", "latency_samples.json"])
 
     def run_stages(self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = ()) -> dict:
-        """Runs `stages` and whatever earlier stage they need; a stage already done with the same inputs is skipped."""
-        if fresh:
+        """Runs `stages` and whatever earlier stage they need; a stage already done with the same inputs is skipped.
+
+        Under torchrun every rank scores and trains; rank 0 alone decides what is done, writes, exports and validates."""
+        main = self.world.main
+        if fresh and main:
             self.run.clear()
             (self.run / "distill.ckpt").unlink(missing_ok=True)
-        atomic_write_json(self.run / "run.json", {"recipe": self.recipe.model_dump(mode="json"), "seed": self.recipe.seed,
-                                                   "recipe_dir": str(self.recipe.base_dir.resolve()),
-                                                   "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if main:
+            atomic_write_json(self.run / "run.json", {"recipe": self.recipe.model_dump(mode="json"), "seed": self.recipe.seed,
+                                                       "recipe_dir": str(self.recipe.base_dir.resolve()), "ranks": self.world.size,
+                                                       "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         last = max(STAGES.index(s) for s in stages)
-        with _file_log(self.run / "run.log"), _progress(self.console) as progress:
+        with _file_log(self.run / "run.log") if main else nullcontext(), _progress(self.console) as progress:
             for stage in STAGES[: last + 1]:
-                if stage not in force and self.run.is_done(stage, self.inputs(stage)):
+                if not main and stage not in RANKED_STAGES:
+                    break
+                done = stage not in force and self.run.is_done(stage, self.inputs(stage)) if main else None
+                if stage in RANKED_STAGES:
+                    done = broadcast_object(done)
+                if done:
                     self.console.print(f"[dim]{stage}: up to date, skipped")
                     continue
                 started = time.perf_counter()
                 getattr(self, f"stage_{stage}")(progress)
                 log.info("%s: done in %.1f s", stage, time.perf_counter() - started)
         report_path = self.run / "report.json"
-        return json.loads(report_path.read_text()) if "validate" in stages and report_path.exists() else {}
+        return json.loads(report_path.read_text()) if main and "validate" in stages and report_path.exists() else {}
 
 
 def compress(recipe: Recipe | str | Path, run_dir: Path | str | None = None, fresh: bool = False,
              stages: tuple[str, ...] = STAGES, console: Console | None = None) -> dict:
     """Python API of `edgedistill compress`: returns the report (also written to RUN_DIR/report.json).
+
+    Launched by torchrun, every process joins the process group; ranks other than 0 return {} after distill.
 
     Raises BudgetFailed when a target misses a budget, after the report is written.
     """
@@ -322,10 +346,15 @@ def compress(recipe: Recipe | str | Path, run_dir: Path | str | None = None, fre
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    if not init_world(recipe.compute.device).main:
+        console = Console(stderr=True, quiet=True)
     console = console or Console(stderr=True)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     forced = stages if len(stages) == 1 else ()
-    report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced)
+    try:
+        report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced)
+    finally:
+        close_world()
     if report and not report["passed"]:
         unavailable = [f"{t['name']}: {t['error']}" for t in report["targets"] if t["error"]]
         failed = [f"{t['name']}: " + ", ".join(f"{v['budget']} {v['measured']:.4g} vs limit {v['limit']:.4g}"

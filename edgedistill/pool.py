@@ -1,11 +1,16 @@
 """The unlabeled open-world pool: built-in sets and image folders, converted to the teacher's input."""
 from __future__ import annotations
 
+import csv
+import io
+import os
 import random
+import re
+import tarfile
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator, Union
 
 import numpy as np
 import torch
@@ -13,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput
-from .recipe import BuiltinSource, FolderSource, InputSpec, Recipe
+from .recipe import BuiltinSource, FolderSource, InputSpec, ManifestSource, Recipe, ShardsSource
 from .sources import load_builtin
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -38,8 +43,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
-    """Any image file as uint8 (C, size, size): orientation fixed, shorter side resized, centre-cropped."""
+def decode_image(path: Path | BinaryIO, spec: InputSpec) -> np.ndarray:
+    """Any image file (a path or an open binary file) as uint8 (C, size, size): orientation fixed, shorter side resized, centre-cropped."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -77,72 +82,272 @@ def convert_array(images: np.ndarray, spec: InputSpec, batch: int = 4096) -> np.
     return out
 
 
+def iter_images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, depth-first in name order, listed one directory at a time: a tree of
+    millions of files is never held as one list."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from iter_images(Path(entry.path))
+        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+            yield Path(entry.path)
+
+
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return list(iter_images(folder))
+
+
+def expand_shards(pattern: str, base_dir: Path) -> list[Path]:
+    """WebDataset's brace notation: `pool-{000..099}.tar` (zero padding kept) and `{a,b}` alternatives."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        path = Path(pattern).expanduser()
+        return [path if path.is_absolute() else (base_dir / path).resolve()]
+    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end():]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.groups()
+        items = [str(n).zfill(len(lo)) for n in range(int(lo), int(hi) + 1)]
+    else:
+        items = body.split(",")
+    return [p for item in items for p in expand_shards(head + item + tail, base_dir)]
+
+
+PART_BITS = 40  # a pool key is part << PART_BITS | position within the part
+SHARD_BITS = 20  # within a shard part: shard << SHARD_BITS | sample within the shard
+
+
+def part_of(key: int | np.ndarray) -> int | np.ndarray:
+    return key >> PART_BITS
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, list[str]]  # (keys int64, uint8 NCHW images, reasons for unreadable items)
+
+
+def _batch(keys: list[int], images: list[np.ndarray], bad: list[str], spec: InputSpec) -> Batch:
+    if not images:
+        return torch.tensor(keys, dtype=torch.long), torch.empty(0, spec.channels, spec.size, spec.size, dtype=torch.uint8), bad
+    return torch.tensor(keys, dtype=torch.long), torch.from_numpy(np.stack(images)), bad
 
 
 @dataclass
-class PoolPart:
+class ArrayPart:
+    """A built-in source, already decoded and converted to the teacher's input."""
+
     name: str
-    size: int
-    array: np.ndarray | None = None       # decoded in memory (built-in sources)
-    paths: list[Path] | None = None       # decoded on access (folders)
+    array: np.ndarray
+
+    @property
+    def size(self) -> int | None:
+        return len(self.array)
+
+    def units(self, batch: int) -> Iterator[object]:
+        yield from ((start, min(start + batch, len(self.array))) for start in range(0, len(self.array), batch))
+
+    def read(self, unit: tuple[int, int], base: int, spec: InputSpec, batch: int) -> Iterator[Batch]:
+        start, stop = unit
+        yield torch.arange(base + start, base + stop, dtype=torch.long), torch.from_numpy(np.ascontiguousarray(self.array[start:stop])), []
+
+
+def _decode_files(files: list[tuple[int, Path]], base: int, spec: InputSpec) -> Batch:
+    keys, images, bad = [], [], []
+    for position, path in files:
+        try:
+            images.append(decode_image(path, spec))
+            keys.append(base + position)
+        except UnreadableImage as exc:
+            bad.append(f"{path}: {exc}")
+    return _batch(keys, images, bad, spec)
 
 
 @dataclass
-class Pool(torch.utils.data.Dataset):
-    """Every source of the pool behind one index; items are (index, uint8 CHW tensor or None)."""
+class FolderPart:
+    """Image files under a folder, listed lazily; with `count`, a seeded sample of them (which lists the folder once)."""
+
+    name: str
+    folder: Path
+    sample: list[Path] | None = None
+
+    @property
+    def size(self) -> int | None:
+        return len(self.sample) if self.sample is not None else None
+
+    def units(self, batch: int) -> Iterator[object]:
+        paths = iter(self.sample) if self.sample is not None else iter_images(self.folder)
+        yield from _chunks(enumerate(paths), batch)
+
+    def read(self, unit: list[tuple[int, Path]], base: int, spec: InputSpec, batch: int) -> Iterator[Batch]:
+        yield _decode_files(unit, base, spec)
+
+
+@dataclass
+class ManifestPart:
+    """Paths listed in a CSV or Parquet file, read a block at a time."""
+
+    name: str
+    manifest: Path
+    column: str
+
+    size = None
+
+    def _paths(self) -> Iterator[str]:
+        if self.manifest.suffix.lower() in (".parquet", ".pq"):
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise BadInput(f"{self.manifest}: reading Parquet manifests needs pyarrow: pip install 'edgedistill[parquet]'") from None
+            reader = pq.ParquetFile(self.manifest)
+            if self.column not in reader.schema_arrow.names:
+                raise BadInput(f"{self.manifest}: no column {self.column!r} (columns: {', '.join(reader.schema_arrow.names)}); set pool.N.column")
+            for block in reader.iter_batches(columns=[self.column], batch_size=65536):
+                yield from (str(p) for p in block.column(0).to_pylist() if p is not None)
+            return
+        with self.manifest.open(newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            if rows.fieldnames is None or self.column not in rows.fieldnames:
+                raise BadInput(f"{self.manifest}: no column {self.column!r} in the CSV header {rows.fieldnames}; "
+                               "add a header line or set pool.N.column")
+            yield from (row[self.column] for row in rows if row[self.column])
+
+    def units(self, batch: int) -> Iterator[object]:
+        root = self.manifest.parent
+        yield from _chunks(enumerate((root / p).resolve() if not os.path.isabs(p) else Path(p) for p in self._paths()), batch)
+
+    def read(self, unit: list[tuple[int, Path]], base: int, spec: InputSpec, batch: int) -> Iterator[Batch]:
+        yield _decode_files(unit, base, spec)
+
+
+@dataclass
+class ShardsPart:
+    """WebDataset tar shards, streamed: a sample is the members sharing a key (path up to the first dot of the
+    file name), and its first image member is the image. A shard is read whole by one worker, never seeked."""
+
+    name: str
+    shards: list[Path]
+
+    size = None
+
+    def units(self, batch: int) -> Iterator[object]:
+        yield from enumerate(self.shards)
+
+    def read(self, unit: tuple[int, Path], base: int, spec: InputSpec, batch: int) -> Iterator[Batch]:
+        number, path = unit
+        keys, images, bad = [], [], []
+        seen: set[str] = set()
+        position = -1
+        try:
+            with tarfile.open(path, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    directory, _, filename = member.name.rpartition("/")
+                    stem, dot, ext = filename.partition(".")
+                    sample = f"{directory}/{stem}"
+                    if not dot or ext.lower().rsplit(".", 1)[-1] not in SHARD_IMAGE_EXTENSIONS or sample in seen:
+                        continue
+                    seen.add(sample)
+                    position += 1
+                    try:
+                        images.append(decode_image(io.BytesIO(tar.extractfile(member).read()), spec))
+                        keys.append(base + (number << SHARD_BITS) + position)
+                    except UnreadableImage as exc:
+                        bad.append(f"{path}:{member.name}: {exc}")
+                    if len(images) + len(bad) >= batch:
+                        yield _batch(keys, images, bad, spec)
+                        keys, images, bad = [], [], []
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            bad.append(f"{path}: {type(exc).__name__} after {position + 1} samples (damaged shard; the rest of it is skipped)")
+        if keys or bad:
+            yield _batch(keys, images, bad, spec)
+
+
+SHARD_IMAGE_EXTENSIONS = {s.lstrip(".") for s in IMAGE_SUFFIXES}
+PoolPart = Union[ArrayPart, FolderPart, ManifestPart, ShardsPart]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class Pool(torch.utils.data.IterableDataset):
+    """Every source of the pool as a stream of batches of (pool key, uint8 CHW image).
+
+    The pool is cut into units (a batch of array rows or files, or one tar shard), numbered across all parts;
+    unit u goes to reader u mod R of the R = ranks x DataLoader workers. Batches never straddle units, so a
+    single process and N ranks score exactly the same batches.
+    """
 
     spec: InputSpec
     parts: list[PoolPart]
-    skipped: Counter = field(default_factory=Counter)
+    batch_size: int = 512
+    rank: int = 0
+    world_size: int = 1
 
-    def __post_init__(self) -> None:
-        self.offsets = np.cumsum([0] + [p.size for p in self.parts])
+    @property
+    def size(self) -> int | None:
+        """Images in the pool when known without reading it (lazy folders, manifests and shards are not)."""
+        sizes = [p.size for p in self.parts]
+        return None if None in sizes else sum(sizes)
 
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        readers, reader = self.world_size * workers, self.rank * workers + worker
+        unit_number = 0
+        for part_number, part in enumerate(self.parts):
+            base = part_number << PART_BITS
+            for unit in part.units(self.batch_size):
+                if unit_number % readers == reader:
+                    yield from part.read(unit, base, self.spec, self.batch_size)
+                unit_number += 1
 
-    def locate(self, index: int) -> tuple[PoolPart, int]:
-        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return self.parts[part], index - int(self.offsets[part])
+    def source_name(self, key: int) -> str:
+        return self.parts[int(part_of(key))].name
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        part, local = self.locate(index)
-        if part.array is not None:
-            return index, torch.from_numpy(part.array[local]), None
-        try:
-            return index, torch.from_numpy(decode_image(part.paths[local], self.spec)), None
-        except UnreadableImage as exc:
-            return index, None, f"{part.paths[local]}: {exc}"
-
-
-
-def collate_pool(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Drops unreadable files from the batch and passes their reasons on for counting."""
-    good = [(i, x) for i, x, _ in items if x is not None]
-    bad = [reason for _, x, reason in items if x is None]
-    if not good:
-        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.uint8), bad
-    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), bad
+    def loader(self, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                           prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
-def build_pool(recipe: Recipe) -> Pool:
+def build_pool(recipe: Recipe, rank: int = 0, world_size: int = 1) -> Pool:
     spec = recipe.teacher.input
     parts: list[PoolPart] = []
     for i, source in enumerate(recipe.pool):
         if isinstance(source, BuiltinSource):
             data = load_builtin(source.builtin, count=source.count, seed=recipe.seed + i)
-            parts.append(PoolPart(source.builtin, len(data.images), array=convert_array(data.images, spec)))
+            parts.append(ArrayPart(source.builtin, convert_array(data.images, spec)))
         elif isinstance(source, FolderSource):
             folder = recipe.resolve(source.folder)
-            paths = list_images(folder)
-            if not paths:
+            if next(iter_images(folder), None) is None:
                 raise BadInput(f"pool.{i}.folder: no images found under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-            if source.count is not None and source.count < len(paths):
-                paths = sorted(random.Random(recipe.seed + i).sample(paths, source.count))
-            parts.append(PoolPart(str(folder), len(paths), paths=paths))
-    return Pool(spec, parts)
+            sample = None
+            if source.count is not None:
+                paths = list_images(folder)
+                sample = sorted(random.Random(recipe.seed + i).sample(paths, source.count)) if source.count < len(paths) else paths
+            parts.append(FolderPart(str(folder), folder, sample))
+        elif isinstance(source, ManifestSource):
+            parts.append(ManifestPart(str(recipe.resolve(source.manifest)), recipe.resolve(source.manifest), source.column))
+        elif isinstance(source, ShardsSource):
+            parts.append(ShardsPart(source.shards, expand_shards(source.shards, recipe.base_dir)))
+    return Pool(spec, parts, recipe.select.batch_size, rank, world_size)
+
+
+def default_workers(pool: Pool, local_world_size: int = 1) -> int:
+    """Decoding workers per rank: none when every part is already in memory, else the CPUs shared among local ranks."""
+    if all(isinstance(p, ArrayPart) for p in pool.parts):
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, local_world_size) - 1))
 
 
 def standardize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -74,7 +74,17 @@ class FolderSource(Strict):
     count: Annotated[int, Field(gt=0)] | None = None
 
 
-PoolSource = Union[BuiltinSource, FolderSource]
+class ShardsSource(Strict):
+    shards: str = Field(description="WebDataset tar shards, brace-expanded: data/pool-{000000..000999}.tar; one image per sample key")
+
+
+class ManifestSource(Strict):
+    manifest: Path = Field(description="CSV (with a header) or Parquet file listing image paths, relative to the manifest's folder")
+    column: str = Field("path", description="the column that holds the paths")
+
+
+PoolSource = Union[BuiltinSource, FolderSource, ShardsSource, ManifestSource]
+SOURCE_KINDS = ("BuiltinSource", "FolderSource", "ShardsSource", "ManifestSource")
 
 
 class SelectSpec(Strict):
@@ -86,6 +96,18 @@ class SelectSpec(Strict):
     dedup_threshold: Annotated[float, Field(gt=0, le=1)] | None = Field(
         None, description="samples whose teacher features have cosine similarity above this with a kept one do not fill a quota")
     batch_size: Annotated[int, Field(gt=0)] = 512
+
+
+class ComputeSpec(Strict):
+    """How stages use the hardware; none of it changes the recipe's meaning, so a run launched with torchrun uses the same file."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of scoring and training; auto: bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU")
+    channels_last: bool | None = Field(None, description="memory format of conv nets; default: on for CUDA")
+    compile: bool = Field(False, description="torch.compile the student's training step")
+    workers: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="DataLoader processes per rank that decode pool files; default: none for built-in arrays, else up to 8")
 
 
 class ClassDropSpec(Strict):
@@ -208,6 +230,7 @@ class Recipe(Strict):
     eval: EvalSpec = EvalSpec()
     export: ExportSpec = ExportSpec()
     targets: list[TargetSpec] = []
+    compute: ComputeSpec = ComputeSpec()
 
     base_dir: Path = Field(Path("."), exclude=True, description="directory of the recipe file; relative paths resolve against it")
 
@@ -237,7 +260,7 @@ class Recipe(Strict):
 
 
 def _format_error(source: str, err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("BuiltinSource", "FolderSource")))
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in SOURCE_KINDS))
     kind, msg = err["type"], err["msg"]
     hint = ""
     if kind == "extra_forbidden":
@@ -246,7 +269,7 @@ def _format_error(source: str, err: dict[str, Any]) -> str:
     elif kind == "missing":
         msg = "required key is missing"
     elif kind == "union_tag_invalid" or "union" in kind:
-        hint = "; a pool entry needs `builtin: NAME` or `folder: PATH`"
+        hint = "; a pool entry needs `builtin: NAME`, `folder: PATH`, `shards: PATTERN` or `manifest: FILE`"
     return f"{source}: {loc or '<root>'}: {msg}{hint}"
 
 
@@ -318,6 +341,14 @@ def _check_files(recipe: Recipe, source: str) -> None:
             raise BadInput(f"{source}: pool.{i}.builtin: unknown built-in source {src.builtin!r}; available: {', '.join(sorted(BUILTINS))}")
         if isinstance(src, FolderSource) and not recipe.resolve(src.folder).is_dir():
             raise BadInput(f"{source}: pool.{i}.folder: directory {recipe.resolve(src.folder)} does not exist")
+        if isinstance(src, ManifestSource) and not recipe.resolve(src.manifest).is_file():
+            raise BadInput(f"{source}: pool.{i}.manifest: file {recipe.resolve(src.manifest)} does not exist")
+        if isinstance(src, ShardsSource):
+            from .pool import expand_shards
+
+            missing = [p for p in expand_shards(src.shards, recipe.base_dir) if not p.is_file()]
+            if missing:
+                raise BadInput(f"{source}: pool.{i}.shards: {len(missing)} shard file(s) missing, e.g. {missing[0]}")
     labeled = recipe.eval.labeled
     if labeled:
         if labeled.startswith("builtin:"):

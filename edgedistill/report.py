@@ -66,8 +66,10 @@ def class_histogram(selection: dict, class_names: list[str]) -> str:
 
 def selection_grid(npz: Path, class_names: list[str]) -> str | None:
     """One mosaic image (rows: classes, left to right: falling teacher confidence); one imshow keeps it fast."""
-    with np.load(npz) as data:
-        images, probs = data["images"], data["probs"]
+    from .select import load_selection
+
+    selection = load_selection(npz)
+    images, probs = selection.images, selection.probs
     if not len(images):
         return None
     top, confidence = probs.argmax(1), probs.max(1)

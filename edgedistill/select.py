@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -11,14 +12,16 @@ from torch import nn
 
 from .errors import BadInput
 from .distill import FeatureTap
-from .pool import Pool, collate_pool, normalize
+from .compute import Compute
+from .distributed import all_gather_objects
+from .pool import Pool, normalize, part_of
 from .recipe import SelectSpec
 
 
 @dataclass
 class Selection:
     images: np.ndarray        # uint8 (N, C, H, W), at the teacher's input size
-    pool_index: np.ndarray    # int64 (N,), index into the pool
+    pool_index: np.ndarray    # int64 (N,), pool key: source part << 40 | position (edgedistill.pool)
     probs: np.ndarray         # float32 (N, K), the teacher's softmax
     stats: dict = field(default_factory=dict)
 
@@ -89,49 +92,72 @@ def select_pool(
     num_classes: int,
     seed: int,
     on_batch: Callable[[int], None] | None = None,
+    compute: Compute | None = None,
+    workers: int = 0,
 ) -> Selection:
-    teacher.eval()
-    loader = torch.utils.data.DataLoader(pool, batch_size=spec.batch_size, shuffle=False, collate_fn=collate_pool)
+    """One teacher pass over this rank's share of the pool; the ranks' top-k are merged into the selection a
+    single process would make (exactly, without dedup; dedup is greedy and order-dependent across ranks)."""
+    compute = compute or Compute(torch.device("cpu"), None, False, False)
+    teacher = compute.prepare(teacher.eval())
     balanced = spec.strategy == "balanced"
     quota = spec.per_class if balanced else (spec.total or spec.per_class * num_classes)
-    keeper = StreamingTopK(num_classes if balanced else 1, quota, spec.dedup_threshold)
+    groups = num_classes if balanced else 1
+    keeper = StreamingTopK(groups, quota, spec.dedup_threshold)
     tap = FeatureTap(teacher) if spec.dedup_threshold is not None else None
     predicted = np.zeros(num_classes, dtype=np.int64)
     skipped: Counter = Counter()
     examples: list[str] = []
+    scored_from: Counter = Counter()
     try:
         with torch.inference_mode():
-            for index, images, bad in loader:
+            for keys, images, bad in pool.loader(workers, compute.pin_memory):
                 for reason in bad:
                     skipped[reason.rsplit(": ", 1)[-1]] += 1
                     if len(examples) < 5:
                         examples.append(reason)
-                if len(index):
-                    probs = torch.softmax(teacher(normalize(images, pool.spec)).float(), dim=1).numpy()
+                if len(keys):
+                    with compute.autocast():
+                        logits = teacher(compute.input(normalize(images.to(compute.device, non_blocking=True), pool.spec)))
+                    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
                     predicted += np.bincount(probs.argmax(1), minlength=num_classes)
-                    idx = index.numpy()
+                    idx = keys.numpy()
+                    scored_from.update(part_of(idx).tolist())
                     group, score = score_samples(probs, spec.strategy, idx, seed)
                     payload = {"images": images.numpy(), "probs": probs}
                     if tap is not None:
-                        payload["features"] = torch.nn.functional.normalize(tap.features.flatten(1).float(), dim=1).numpy()
+                        payload["features"] = torch.nn.functional.normalize(tap.features.flatten(1).float(), dim=1).cpu().numpy()
                     keeper.add(group, score, idx, **payload)
                 if on_batch:
-                    on_batch(len(index) + len(bad))
+                    on_batch(len(keys) + len(bad))
     finally:
         if tap is not None:
             tap.remove()
+    shares = all_gather_objects({"kept": keeper.groups(), "predicted": predicted, "skipped": skipped,
+                                 "examples": examples, "scored_from": scored_from})
+    if len(shares) > 1:
+        keeper = StreamingTopK(groups, quota, spec.dedup_threshold)
+        for share in shares:
+            for kept in share["kept"]:
+                if kept is not None:
+                    group = kept["probs"].argmax(1) if balanced else np.zeros(len(kept["index"]), dtype=np.int64)
+                    keeper.add(group, kept["score"], kept["index"], **{k: v for k, v in kept.items() if k not in ("score", "index")})
+        predicted = sum(s["predicted"] for s in shares)
+        skipped = sum((s["skipped"] for s in shares), Counter())
+        examples = [e for s in shares for e in s["examples"]][:5]
+        scored_from = sum((s["scored_from"] for s in shares), Counter())
     kept = [g for g in keeper.groups() if g is not None]
     if not kept:
-        raise BadInput(f"the pool of {len(pool)} images gave nothing to select ({sum(skipped.values())} unreadable); "
+        raise BadInput(f"the pool gave nothing to select ({sum(skipped.values())} unreadable images); "
                        "add readable images to the pool")
     merged = {k: np.concatenate([g[k] for g in kept]) for k in kept[0]}
     order = np.argsort(merged["index"], kind="stable")
     per_class = np.bincount(merged["probs"].argmax(1), minlength=num_classes)
+    scored = int(predicted.sum())
     stats = {
         "strategy": spec.strategy,
-        "pool_size": len(pool),
-        "pool_sources": {p.name: p.size for p in pool.parts},
-        "scored": int(predicted.sum()),
+        "pool_size": scored + int(sum(skipped.values())),
+        "pool_sources": {pool.parts[p].name: n for p, n in sorted(scored_from.items())},
+        "scored": scored,
         "skipped": int(sum(skipped.values())),
         "skipped_reasons": dict(skipped),
         "skipped_examples": examples,
@@ -139,19 +165,53 @@ def select_pool(
         "selected": int(len(order)),
         "selected_per_class": per_class.tolist(),
         "under_covered_classes": [c for c in range(num_classes) if balanced and per_class[c] < spec.per_class],
-        "selected_from_source": dict(Counter(pool.locate(int(i))[0].name for i in merged["index"])),
+        "selected_from_source": dict(Counter(pool.source_name(int(i)) for i in merged["index"])),
         "mean_confidence": float(merged["probs"].max(1).mean()),
     }
     return Selection(merged["images"][order], merged["index"][order].astype(np.int64),
                      merged["probs"][order].astype(np.float32), stats)
 
 
-def save_selection(selection: Selection, path) -> None:
-    from .rundir import atomic_write_npz
-
-    atomic_write_npz(path, images=selection.images, pool_index=selection.pool_index, probs=selection.probs)
+HOLDOUT = 500
 
 
-def load_selection(path) -> Selection:
+def holdout_last(selection: Selection, seed: int) -> Selection:
+    """Reorders the selection so that a seeded random holdout (HOLDOUT images, 5% at most), kept from training
+    to measure agreement, comes last: training then reads a slice, never a copy, of a memory-mapped selection."""
+    n = len(selection.pool_index)
+    holdout = min(HOLDOUT, n // 20)
+    rest = np.random.default_rng(seed).permutation(n)
+    order = np.concatenate([np.sort(rest[holdout:]), np.sort(rest[:holdout])])
+    return Selection(selection.images[order], selection.pool_index[order], selection.probs[order],
+                     {**selection.stats, "holdout": int(holdout)})
+
+
+def split_selection(selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+    """(train, holdout) images of a selection ordered by holdout_last."""
+    cut = len(selection.images) - selection.stats["holdout"]
+    return selection.images[:cut], selection.images[cut:]
+
+
+def images_path(npz: Path) -> Path:
+    return npz.with_name(npz.stem + "_images.npy")
+
+
+def save_selection(selection: Selection, path: Path) -> None:
+    """Keys, teacher probabilities and the holdout size in `path` (.npz); the images beside it as one .npy
+    that training memory-maps."""
+    from .rundir import atomic_path, atomic_write_npz
+
+    path = Path(path)
+    with atomic_path(images_path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, selection.images)
+    atomic_write_npz(path, pool_index=selection.pool_index, probs=selection.probs,
+                     holdout=np.int64(selection.stats.get("holdout", 0)))
+
+
+def load_selection(path: Path) -> Selection:
+    path = Path(path)
     with np.load(path) as data:
-        return Selection(data["images"], data["pool_index"], data["probs"])
+        index, probs, holdout = data["pool_index"], data["probs"], int(data["holdout"])
+    images = np.load(images_path(path), mmap_mode="c")  # copy-on-write: writable for torch.from_numpy, never written
+    return Selection(images, index, probs, {"holdout": holdout})

@@ -78,8 +78,9 @@ def read_class_folders(folder: Path, spec: InputSpec, names: list[str] | None, n
 
 def predict_torch(model: nn.Module, images: np.ndarray, spec: InputSpec, batch: int = 512) -> np.ndarray:
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
     with torch.inference_mode():
-        return np.concatenate([model(normalize(torch.from_numpy(images[i:i + batch]), spec)).float().numpy()
+        return np.concatenate([model(normalize(torch.from_numpy(images[i:i + batch]).to(device), spec)).float().cpu().numpy()
                                for i in range(0, len(images), batch)])
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from edgedistill.models import create_model
-from edgedistill.pool import Pool, PoolPart
+from edgedistill.pool import ArrayPart, Pool
 from edgedistill.recipe import InputSpec, SelectSpec
 from edgedistill.select import StreamingTopK, select_pool
 
@@ -13,7 +13,7 @@ SPEC = InputSpec(channels=1, size=28, mean=[0.5], std=[0.5])
 def pool_and_teacher(n=600):
     images = np.random.default_rng(3).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
     torch.manual_seed(0)
-    return Pool(SPEC, [PoolPart("noise", n, array=images)]), create_model("lenet5", 10, 1).eval()
+    return Pool(SPEC, [ArrayPart("noise", images)]), create_model("lenet5", 10, 1).eval()
 
 
 def test_streaming_topk_matches_full_sort():
@@ -77,7 +77,7 @@ def test_dfnd_and_entropy_orderings():
 def test_near_duplicates_do_not_fill_a_quota():
     pool, teacher = pool_and_teacher(50)
     images = np.repeat(pool.parts[0].array[:10], 5, axis=0)  # every image five times
-    dup_pool = Pool(SPEC, [PoolPart("dups", 50, array=images)])
+    dup_pool = Pool(SPEC, [ArrayPart("dups", images)])
     plain = select_pool(teacher, dup_pool, SelectSpec(strategy="dfnd", total=10, batch_size=16), 10, seed=0)
     dedup = select_pool(teacher, dup_pool, SelectSpec(strategy="dfnd", total=10, batch_size=16, dedup_threshold=0.999), 10, seed=0)
     assert len({bytes(x) for x in plain.images}) < 10
