@@ -27,10 +27,10 @@ import torch.nn.functional as F
 import yaml
 
 from edgedistill.distill import augment_batch, distill
-from edgedistill.pipeline import _versions, build_student, load_teacher, split_selection
+from edgedistill.pipeline import _versions, build_student, load_teacher
 from edgedistill.pool import build_pool, standardize
 from edgedistill.recipe import Recipe, recipe_from_dict
-from edgedistill.select import select_pool
+from edgedistill.select import Selection, holdout_last, select_pool, split_selection
 from edgedistill.sources import FASHION_CLASSES, load_builtin
 from edgedistill.validate import load_labeled, predict_torch
 
@@ -108,9 +108,9 @@ def make_recipe(bench: str, epochs: int | None, edits: dict | None = None) -> Re
     return recipe_from_dict(data, base_dir=RECIPES, source=f"benchmarks.method:{bench}")
 
 
-def split(images: np.ndarray, seed: int) -> np.ndarray:
+def split(selection: Selection, seed: int) -> np.ndarray:
     """The training part of a selection, as the pipeline splits it."""
-    return split_selection(images, seed)[0]
+    return split_selection(holdout_last(selection, seed))[0]
 
 
 class Clock:
@@ -178,12 +178,12 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
     log(f"[{bench}] teacher {teacher_acc:.4f} on {base.eval.labeled}")
     t0 = time.perf_counter()
     pool = build_pool(base)
-    log(f"[{bench}] pool {len(pool)} images from {[(p.name, p.size) for p in pool.parts]} in {time.perf_counter() - t0:.0f} s")
+    log(f"[{bench}] pool {pool.size} images from {[(p.name, p.size) for p in pool.parts]} in {time.perf_counter() - t0:.0f} s")
     keys = list(ROWS) if cfg["rows"] == "all" else cfg["rows"]
     if cfg["labeled"] is None:
         keys = [k for k in keys if k != "ce_upper"]
     results: dict = {"bench": bench, "what": cfg["what"], "mode": mode, "epochs": epochs, "seeds": seeds,
-                     "teacher_accuracy": teacher_acc, "eval": base.eval.labeled, "pool_size": len(pool), "rows": {}}
+                     "teacher_accuracy": teacher_acc, "eval": base.eval.labeled, "pool_size": pool.size, "rows": {}}
     for k in keys:
         results["rows"][k] = {"label": ROWS[k][0], "runs": []}
     results["rows"]["teacher"]["runs"] = [{"seed": 0, "accuracy": teacher_acc, "wall_s": None, "curve": []}]
@@ -224,7 +224,7 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
                 recipe = make_recipe(bench, epochs, edits)
                 strategy = recipe.select.strategy
                 sel, sel_s = selection(strategy, None if strategy == "balanced" else size)
-                train = split(sel.images, seed)
+                train = split(sel, seed)
                 clock = Clock(offset=sel_s)  # the row's time includes scoring the pool
                 torch.manual_seed(seed)  # every row starts from the same student weights, as Pipeline.stage_distill does
                 student = build_student(recipe)

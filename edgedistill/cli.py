@@ -67,6 +67,12 @@ def print_report(report: dict) -> None:
     out.print(table)
     if any((t["latency"] or {}).get("noisy") for t in report["targets"]):
         out.print("[yellow]~[/] noisy: latency varied by more than 10% between runs (cv in report.json)")
+    rates = report.get("throughput") or {}
+    shown = [f"{label} {t['images_per_s']:,.0f} img/s ({t['ratio']:.2f}x {ceiling})"
+             for label, t, ceiling in (("scored", rates.get("select"), "bare teacher forward"),
+                                       ("trained", rates.get("distill"), "bare distillation step")) if t and t.get("ratio")]
+    if shown:
+        out.print("throughput: " + ", ".join(shown), highlight=False)
     if report.get("int8"):
         q = report["int8"]
         out.print(f"INT8 student.int8.onnx ({q['method']}, {q['calibration_samples']} calibration images) on {q['runtime']}: "

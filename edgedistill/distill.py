@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import AbstractContextManager, nullcontext
@@ -134,6 +135,7 @@ class DistillResult:
     student: nn.Module
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0  # > 0 when resumed from a checkpoint
+    images_per_s: float | None = None  # training loop only (data, augmentation, step), all ranks together
 
 
 class SelectedBatches(torch.utils.data.Dataset):
@@ -237,7 +239,9 @@ def distill(
     loader = torch.utils.data.DataLoader(
         SelectedBatches(images, stored), batch_size=None, pin_memory=compute.pin_memory,
         sampler=torch.utils.data.BatchSampler(sampler, local_batch, drop_last=True))
+    train_seconds, trained = 0.0, 0
     for epoch in range(start_epoch, spec.epochs):
+        tick = time.perf_counter()
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * w.rank)
         distiller.train()
@@ -265,6 +269,10 @@ def distill(
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
             if on_step and w.main:
                 on_step()
+        if compute.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - tick
+        trained += steps_per_epoch * spec.batch_size
         record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0]}
         if evaluate is not None and w.main:
             student.eval()
@@ -281,4 +289,4 @@ def distill(
     distiller.teacher_tap.remove()
     distiller.student_tap.remove()
     student.eval()
-    return DistillResult(student, history, start_epoch)
+    return DistillResult(student, history, start_epoch, trained / train_seconds if train_seconds else None)

@@ -44,8 +44,17 @@ def init_world(device: str = "auto", timeout_s: float = 1800) -> World:
     else:
         dev = torch.device("cpu")
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=dev if use_cuda else None)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        backend, device_id = ("nccl", dev) if use_cuda else ("gloo", None)
+        rank = int(os.environ.get("RANK", "0"))
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps one store across restarts; without a prefix per attempt, a restarted rank can
+            # read the dead group's addresses and fail to connect
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, is_master=False, timeout=timeout)
+            store = dist.PrefixStore(f"edgedistill/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout, device_id=device_id)
+        else:
+            dist.init_process_group(backend, timeout=timeout, device_id=device_id)
     _WORLD = World(int(os.environ.get("RANK", "0")), size, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), dev)
     return _WORLD
 

@@ -24,7 +24,8 @@ from .errors import BadInput, BudgetFailed, TargetUnavailable
 from .export import check_parity, export_onnx, parity_dict
 from .gate import write_gate_files
 from .models import build_student_model, count_parameters, fit_state_dict
-from .pool import build_pool, default_workers
+from .pool import build_pool, default_workers, normalize
+from .throughput import bare_forward_rate, bare_step_rate
 from .quantize import quantize_int8
 from .recipe import Recipe
 from .report import write_report_html
@@ -120,6 +121,8 @@ class Pipeline:
         recipe_part = r.section(*sections[0])
         if stage == "export":
             recipe_part["tensorrt_int8"] = self._needs_tensorrt_int8()
+        if stage in RANKED_STAGES:
+            recipe_part["precision"] = str(self.compute.dtype)  # scores and training change with it; the rest of `compute` does not
         return self.run.stage_inputs(stage, recipe_part, sections[1])
 
     def _needs_tensorrt_int8(self) -> bool:
@@ -142,8 +145,12 @@ class Pipeline:
                                 on_batch=lambda n: progress.advance(task, n * w.size), compute=self.compute, workers=workers)
         seconds = time.perf_counter() - started
         selection = holdout_last(selection, r.seed)
-        selection.stats["throughput"] = {"seconds": seconds, "images_per_s": selection.stats["pool_size"] / max(seconds, 1e-9),
-                                         "ranks": w.size, "workers_per_rank": workers}
+        rate = selection.stats["pool_size"] / max(seconds, 1e-9)
+        batch = normalize(torch.from_numpy(selection.images[: r.select.batch_size]), r.teacher.input)
+        bare = bare_forward_rate(self.teacher, batch, self.compute) * w.size if w.main else float("nan")
+        selection.stats["throughput"] = {"seconds": seconds, "images_per_s": rate, "bare_forward_images_per_s": bare,
+                                         "ratio": rate / bare, "batch": r.select.batch_size, "ranks": w.size,
+                                         "workers_per_rank": workers}
         self._selection_split = split_selection(selection)
         if not w.main:
             return
@@ -208,14 +215,23 @@ class Pipeline:
                          compute=self.compute, teacher_cache=self.run / "teacher_outputs.npy")
         seconds = time.perf_counter() - started
         if self.world.main:
-            trained = (r.distill.epochs - result.start_epoch) * steps * r.distill.batch_size
+            throughput = self._training_throughput(result, train) if result.images_per_s else None
             save_student(result.student.cpu(), r, self.run)
             atomic_write_json(self.run / "history.json", result.history)
             self.run.mark_done("distill", self.inputs("distill"), ["student.safetensors", "student.json", "history.json"],
-                               {"seconds": seconds, "images_per_s": trained / max(seconds, 1e-9), "ranks": self.world.size})
+                               {"seconds": seconds, "throughput": throughput})
             ckpt.unlink(missing_ok=True)
             (self.run / "teacher_outputs.npy").unlink(missing_ok=True)
         barrier()
+
+    def _training_throughput(self, result, train: np.ndarray) -> dict:
+        """Training images/s against the bare distillation step at this rank's batch (teacher skipped when its outputs are stored)."""
+        r, w = self.recipe, self.world
+        batch = normalize(torch.from_numpy(np.array(train[: r.distill.batch_size // w.size])), r.teacher.input)
+        bare = bare_step_rate(self.teacher, result.student, batch, self.compute, lr=r.distill.lr,
+                              with_teacher=r.distill.augment is not None) * w.size
+        return {"images_per_s": result.images_per_s, "bare_step_images_per_s": bare, "ratio": result.images_per_s / bare,
+                "batch": r.distill.batch_size, "ranks": w.size, "teacher_outputs_stored": r.distill.augment is None}
 
     def stage_export(self, progress: Progress) -> None:
         r = self.recipe
@@ -285,6 +301,8 @@ class Pipeline:
                         "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None},
             "int8": int8_summary,
             "selection": json.loads((self.run / "selection.json").read_text()),
+            "throughput": {"select": json.loads((self.run / "selection.json").read_text()).get("throughput"),
+                           "distill": (self.run.read_record("distill") or {}).get("info", {}).get("throughput")},
             "parity": json.loads((self.run / "parity.json").read_text()),
             "history": json.loads((self.run / "history.json").read_text()),
             "targets": [{k: v for k, v in t.__dict__.items() if k != "latency_samples_ms"}

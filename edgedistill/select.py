@@ -39,25 +39,43 @@ def _random_keys(indices: np.ndarray, seed: int) -> np.ndarray:
 class StreamingTopK:
     """Keeps the k best-scoring items of each group seen so far: memory is bounded by the selection, not the pool.
 
+    Ties go to the lower index, so the result does not depend on the order items arrive in. New items wait in a
+    buffer that is merged once it holds k of them: each item is copied a bounded number of times.
     With `dedup_threshold`, an item whose `features` (L2-normalized) have a cosine similarity above the
-    threshold with a better-scoring kept item does not take a place. Greedy and streaming: an item dropped
-    as a near-duplicate stays dropped even if the item it duplicated is later displaced.
+    threshold with a better-scoring kept item does not take a place. Greedy: an item dropped as a
+    near-duplicate stays dropped even if the item it duplicated is later displaced.
     """
 
     def __init__(self, groups: int, k: int, dedup_threshold: float | None = None):
         self.k, self.dedup_threshold = k, dedup_threshold
         self.kept: list[dict[str, np.ndarray] | None] = [None] * groups
+        self.pending: list[list[dict[str, np.ndarray]]] = [[] for _ in range(groups)]
+        self.pending_count = [0] * groups
 
     def add(self, group: np.ndarray, score: np.ndarray, index: np.ndarray, **payload: np.ndarray) -> None:
         for g in np.unique(group):
             m = group == g
-            new = {"score": score[m], "index": index[m], **{k: v[m] for k, v in payload.items()}}
             old = self.kept[g]
-            both = new if old is None else {k: np.concatenate([old[k], new[k]]) for k in new}
-            order = np.lexsort((both["index"], -both["score"]))
-            if self.dedup_threshold is not None:
-                order = self._distinct(both["features"][order], order)
-            self.kept[g] = {k: v[order[: self.k]] for k, v in both.items()}
+            if old is not None and len(old["index"]) == self.k and self.dedup_threshold is None:
+                last_score, last_index = old["score"][-1], old["index"][-1]  # the k-th kept: only what beats it can enter
+                m &= (score > last_score) | ((score == last_score) & (index < last_index))
+                if not m.any():
+                    continue
+            self.pending[g].append({"score": score[m], "index": index[m], **{k: v[m] for k, v in payload.items()}})
+            self.pending_count[g] += int(m.sum())
+            if self.pending_count[g] >= self.k:
+                self._merge(g)
+
+    def _merge(self, g: int) -> None:
+        chunks = ([self.kept[g]] if self.kept[g] is not None else []) + self.pending[g]
+        self.pending[g], self.pending_count[g] = [], 0
+        if not chunks:
+            return
+        both = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        order = np.lexsort((both["index"], -both["score"]))
+        if self.dedup_threshold is not None:
+            order = self._distinct(both["features"][order], order)
+        self.kept[g] = {k: v[order[: self.k]] for k, v in both.items()}
 
     def _distinct(self, features: np.ndarray, order: np.ndarray) -> np.ndarray:
         chosen: list[int] = []
@@ -69,6 +87,8 @@ class StreamingTopK:
         return order[chosen]
 
     def groups(self) -> list[dict[str, np.ndarray] | None]:
+        for g in range(len(self.kept)):
+            self._merge(g)
         return self.kept
 
 

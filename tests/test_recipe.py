@@ -41,6 +41,10 @@ BAD = [
     ("bad strategy", edit(lambda d: d["select"].update(strategy="best")), "select.strategy: Input should be 'balanced', 'dfnd', 'entropy' or 'random'"),
     ("pool entry kind", edit(lambda d: d["pool"].append({"url": "http://x"})), "pool.3"),
     ("bad eval builtin", edit(lambda d: d["eval"].update(labeled="builtin:nope")), "eval.labeled: unknown built-in source 'nope'"),
+    ("missing shards", edit(lambda d: d["pool"].append({"shards": "/nonexistent/pool-{000..009}.tar"})),
+     "pool.3.shards: 10 shard file(s) missing, e.g. /nonexistent/pool-000.tar"),
+    ("missing manifest", edit(lambda d: d["pool"].append({"manifest": "/nonexistent/list.csv"})), "pool.3.manifest: file /nonexistent/list.csv does not exist"),
+    ("bad precision", edit(lambda d: d.update(compute={"precision": "int4"})), "compute.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
 ]
 
 

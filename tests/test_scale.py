@@ -116,6 +116,29 @@ def test_manifest_pool_csv_and_parquet(tmp_path, photos):
     assert sorted(parquet) == sorted(images)
 
 
+def test_stored_teacher_outputs_train_the_same_student_as_the_live_teacher(tmp_path, photos):
+    """Without augmentation, one teacher pass memory-mapped from disk replaces the teacher forward of every step."""
+    import torch
+
+    from edgedistill.distill import distill
+    from edgedistill.models import create_model
+    from edgedistill.pool import convert_array
+    from edgedistill.recipe import ClassDropSpec, DistillSpec
+
+    images = convert_array(photos[:192], SPEC)
+    teacher = create_model("lenet5", 10, 1).eval()
+    spec = DistillSpec(epochs=2, batch_size=32, augment=None)
+    students = []
+    for cache in (None, tmp_path / "teacher_outputs.npy"):
+        torch.manual_seed(0)
+        student = create_model("lenet5_half", 10, 1)
+        distill(teacher, student, images, spec, ClassDropSpec(), SPEC, seed=0, teacher_cache=cache)
+        students.append(student.state_dict())
+    assert np.load(tmp_path / "teacher_outputs.npy", mmap_mode="r").shape == (192, 10 + 84)
+    for name, value in students[0].items():
+        torch.testing.assert_close(students[1][name], value, rtol=1e-4, atol=1e-5)
+
+
 def scale_recipe(folder: Path, photos: np.ndarray, epochs: int = 2, **distill) -> Path:
     """A pool of real files: WebDataset shards plus a built-in slice, and labeled MNIST to validate on."""
     write_shards(folder / "shards", photos, per_shard=64)
@@ -143,7 +166,7 @@ def torchrun(recipe: Path, run: Path, *extra: str) -> list[str]:
 
 
 def test_two_ranks_select_what_one_process_selects_and_train_a_student_that_validates(tmp_path, photos):
-    recipe = scale_recipe(tmp_path, photos)
+    recipe = scale_recipe(tmp_path, photos, augment=None)  # without augmentation the ranks read stored teacher outputs
     one = launch([sys.executable, "-m", "edgedistill", "select", str(recipe), "--run-dir", str(tmp_path / "one")], tmp_path)
     out_one = one.communicate(timeout=600)[0]
     assert one.returncode == 0, out_one
