@@ -50,6 +50,8 @@ def _verdict_cell(target: dict) -> str:
 
 
 def print_report(report: dict) -> None:
+    from .gate import throughput_rows
+
     teacher, student = report["teacher"], report["student"]
     table = Table(title=f"{report['name']}: teacher {teacher['arch']}, student {student['arch']}, "
                         f"evaluated on {report['eval']['name']} ({report['eval']['samples']} images)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -67,12 +69,10 @@ def print_report(report: dict) -> None:
     out.print(table)
     if any((t["latency"] or {}).get("noisy") for t in report["targets"]):
         out.print("[yellow]~[/] noisy: latency varied by more than 10% between runs (cv in report.json)")
-    rates = report.get("throughput") or {}
-    shown = [f"{label} {t['images_per_s']:,.0f} img/s ({t['ratio']:.2f}x {ceiling})"
-             for label, t, ceiling in (("scored", rates.get("select"), "bare teacher forward"),
-                                       ("trained", rates.get("distill"), "bare distillation step")) if t and t.get("ratio")]
-    if shown:
-        out.print("throughput: " + ", ".join(shown), highlight=False)
+    rates = throughput_rows(report)
+    if rates:
+        out.print("throughput: " + ", ".join(f"{stage} {rate:,.0f} img/s ({ratio:.2f}x {ceiling})"
+                                             for stage, rate, ceiling, _, ratio in rates), highlight=False)
     if report.get("int8"):
         q = report["int8"]
         out.print(f"INT8 student.int8.onnx ({q['method']}, {q['calibration_samples']} calibration images) on {q['runtime']}: "

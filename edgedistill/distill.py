@@ -87,7 +87,7 @@ class Distiller(nn.Module):
         DDP or compiled wrapper; the losses are computed in float32 outside `autocast`."""
         with autocast():
             teacher_logits, teacher_features = teacher_out if teacher_out is not None else self.teacher_outputs(x)
-            student_logits = (student or self.student)(x)
+            student_logits = (student if student is not None else self.student)(x)
         student_logits, student_features = student_logits.float(), self.student_tap.features.float()
         w = self.loss_spec
         cd = self.class_drop

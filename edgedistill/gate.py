@@ -108,6 +108,18 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def throughput_rows(report: dict) -> list[tuple[str, float, str, float, float]]:
+    """(stage, images/s, ceiling name, ceiling images/s, ratio) for pool scoring and training, where measured."""
+    rates = report.get("throughput") or {}
+    rows = []
+    for stage, key, ceiling in (("pool scoring", "select", "bare teacher forward"), ("training", "distill", "bare distillation step")):
+        t = rates.get(key) or {}
+        bare = t.get("bare_forward_images_per_s", t.get("bare_step_images_per_s"))
+        if t.get("ratio") is not None and bare:
+            rows.append((stage, t["images_per_s"], ceiling, bare, t["ratio"]))
+    return rows
+
+
 def summary_markdown(report: dict) -> str:
     """A table for $GITHUB_STEP_SUMMARY (or any CI job page that renders markdown)."""
     code = exit_code(report)
@@ -139,6 +151,10 @@ def summary_markdown(report: dict) -> str:
                          f"{format_figure(v['budget'], v['limit'])} | {'✅ pass' if v['passed'] else '❌ fail'} ({_cell(v['basis'])}) |")
         if not t.get("verdicts"):
             lines.append(f"| {_cell(t['name'])} | - | - | - | no budgets set |")
+    rates = throughput_rows(report)
+    if rates:
+        lines += ["", "| stage | images/s | ceiling | ratio |", "|---|--:|---|--:|"]
+        lines += [f"| {stage} | {rate:,.0f} | {ceiling} {bare:,.0f}/s | {ratio:.2f} |" for stage, rate, ceiling, bare, ratio in rates]
     return "\n".join(lines) + "\n"
 
 

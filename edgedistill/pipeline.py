@@ -29,7 +29,7 @@ from .throughput import bare_forward_rate, bare_step_rate
 from .quantize import quantize_int8
 from .recipe import Recipe
 from .report import write_report_html
-from .rundir import RunDir, atomic_path, atomic_write_json
+from .rundir import RunDir, atomic_path, atomic_write_json, fingerprint
 from .select import holdout_last, load_selection, save_selection, select_pool, split_selection
 from .teacher import load_teacher_model
 from .validate import EvalSet, load_labeled, measure_int8, predict_torch, validate_target
@@ -195,7 +195,7 @@ class Pipeline:
         teacher_pred = predict_torch(self.teacher, eval_set.images, spec).argmax(1) if self.world.main else None
         steps = max(1, len(train) // r.distill.batch_size)
         task = progress.add_task("distill", total=r.distill.epochs * steps, info=f"{self.world.size} rank(s)")
-        ckpt = self.run / "distill.ckpt"
+        ckpt, cache = self._distill_scratch()
         if ckpt.exists() and self.world.main:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             progress.update(task, completed=state["epoch"] * steps)
@@ -212,7 +212,7 @@ class Pipeline:
         torch.manual_seed(r.seed)  # the student's initial weights must not depend on what ran before in this process
         result = distill(self.teacher, build_student(r), train, r.distill, r.class_drop, spec, r.seed,
                          checkpoint=ckpt, evaluate=evaluate, on_epoch=on_epoch, on_step=lambda: progress.advance(task),
-                         compute=self.compute, teacher_cache=self.run / "teacher_outputs.npy")
+                         compute=self.compute, teacher_cache=cache)
         seconds = time.perf_counter() - started
         if self.world.main:
             throughput = self._training_throughput(result, train) if result.images_per_s else None
@@ -220,9 +220,22 @@ class Pipeline:
             atomic_write_json(self.run / "history.json", result.history)
             self.run.mark_done("distill", self.inputs("distill"), ["student.safetensors", "student.json", "history.json"],
                                {"seconds": seconds, "throughput": throughput})
-            ckpt.unlink(missing_ok=True)
-            (self.run / "teacher_outputs.npy").unlink(missing_ok=True)
+            self._remove_distill_scratch()
         barrier()
+
+    def _distill_scratch(self) -> tuple[Path, Path]:
+        """The epoch checkpoint and the stored teacher outputs, named by the distill stage's inputs: a resumed run
+        never picks up what a run with another selection or recipe left behind. Other runs' leftovers are removed."""
+        key = fingerprint(self.inputs("distill"))[:12]
+        keep = (self.run / f"distill-{key}.ckpt", self.run / f"teacher_outputs-{key}.npy")
+        if self.world.main:
+            self._remove_distill_scratch(keep)
+        return keep
+
+    def _remove_distill_scratch(self, keep: tuple[Path, ...] = ()) -> None:
+        for path in [*self.run.path.glob("distill-*.ckpt"), *self.run.path.glob("teacher_outputs-*.npy")]:
+            if path not in keep:
+                path.unlink(missing_ok=True)
 
     def _training_throughput(self, result, train: np.ndarray) -> dict:
         """Training images/s against the bare distillation step at this rank's batch (teacher skipped when its outputs are stored)."""
@@ -329,7 +342,7 @@ class Pipeline:
         main = self.world.main
         if fresh and main:
             self.run.clear()
-            (self.run / "distill.ckpt").unlink(missing_ok=True)
+            self._remove_distill_scratch()
         if main:
             atomic_write_json(self.run / "run.json", {"recipe": self.recipe.model_dump(mode="json"), "seed": self.recipe.seed,
                                                        "recipe_dir": str(self.recipe.base_dir.resolve()), "ranks": self.world.size,

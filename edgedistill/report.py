@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInput
-from .gate import device_label, exit_code, format_figure, verdict_message
+from .gate import device_label, exit_code, format_figure, throughput_rows, verdict_message
 from .rundir import atomic_write_text
 
 GRID_CLASSES = 20
@@ -244,6 +244,11 @@ def build_report_html(run_dir: Path) -> str:
                  "<h2>Targets</h2>",
                  "<table><tr><th>target</th><th>runtime</th><th>device</th><th>accuracy</th><th>agreement</th>"
                  f"<th>p50</th><th>p99</th><th>facts</th></tr>{_target_rows(targets)}</table>"]
+    rates = throughput_rows(report)
+    if rates:
+        sections += ["<h2>Throughput</h2>", "<table><tr><th>stage</th><th>images/s</th><th>ceiling</th><th>ceiling images/s</th><th>ratio</th></tr>"
+                     + "".join(f"<tr><td>{stage}</td><td>{rate:,.0f}</td><td>{ceiling}</td><td>{bare:,.0f}</td><td>{ratio:.2f}</td></tr>"
+                               for stage, rate, ceiling, bare, ratio in rates) + "</table>"]
     plots = [("Latency", lambda: latency_histograms(targets, samples)),
              ("Selection from the pool", lambda: class_histogram(selection, names) if k else None),
              ("Selected pool images (most confident per class)",

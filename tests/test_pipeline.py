@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import edgedistill
 from edgedistill.cli import app
 from edgedistill.errors import BudgetFailed
+from edgedistill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "teachers" / "mnist_lenet5.safetensors"
@@ -54,6 +55,10 @@ def test_compress_writes_every_artifact(finished_run):
     assert on_disk["teacher"]["accuracy"] > 0.9 and on_disk["student"]["parameters"] < on_disk["teacher"]["parameters"]
     assert on_disk["selection"]["selected"] == sum(on_disk["selection"]["selected_per_class"])
     assert len(on_disk["history"]) == 3 and not list(run.glob("*.part"))
+    rates = on_disk["throughput"]
+    assert rates["select"]["images_per_s"] > 0 and rates["select"]["bare_forward_images_per_s"] > 0
+    assert rates["distill"]["ratio"] == pytest.approx(rates["distill"]["images_per_s"] / rates["distill"]["bare_step_images_per_s"])
+    assert "| pool scoring |" in (run / "summary.md").read_text() and "<h2>Throughput</h2>" in (run / "report.html").read_text()
 
 
 def test_rerun_skips_finished_stages_and_budget_exit_code(finished_run, tmp_path):
@@ -69,11 +74,11 @@ def test_rerun_skips_finished_stages_and_budget_exit_code(finished_run, tmp_path
         edgedistill.compress(edgedistill.recipe.load_recipe(recipe, ["targets.0.budget.p99_ms=0.000001"]), run_dir=run)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(folder: Path, proc: subprocess.Popen, pattern: str, timeout: float = 120) -> None:
     deadline = time.time() + timeout
-    while not path.exists():
+    while not list(folder.glob(pattern)):
         assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, f"{path} never appeared"
+        assert time.time() < deadline, f"{folder / pattern} never appeared"
         time.sleep(0.05)
 
 
@@ -82,7 +87,7 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgedistill", "compress", str(recipe), "--run-dir", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(run / "distill.ckpt", proc)
+    _wait_for(run, proc, "distill-*.ckpt")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (run / "stages" / "select.json").exists() and not (run / "stages" / "distill.json").exists()
@@ -92,4 +97,17 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     assert "resumed at epoch" in done.stderr
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert not (run / "distill.ckpt").exists()
+    assert not list(run.glob("distill-*.ckpt"))
+
+
+def test_checkpoint_left_by_other_inputs_is_not_resumed(finished_run, tmp_path):
+    """Scratch files are named by the distill stage's inputs: a changed recipe trains afresh and removes them."""
+    import shutil
+
+    recipe, run, _ = finished_run
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    (copy / "distill-000000000000.ckpt").write_bytes(b"left by an interrupted run of another recipe")
+    (copy / "teacher_outputs-000000000000.npy").write_bytes(b"stale")
+    report = edgedistill.compress(load_recipe(recipe, ["distill.epochs=2", "targets.0.budget.min_accuracy=0"]), run_dir=copy)
+    assert len(report["history"]) == 2
+    assert not list(copy.glob("distill-*.ckpt")) and not list(copy.glob("teacher_outputs-*.npy"))

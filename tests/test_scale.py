@@ -192,7 +192,7 @@ def test_killed_rank_restarts_and_resumes_from_the_last_epoch(tmp_path, photos):
     run = tmp_path / "run"
     proc = launch(torchrun(recipe, run, "--max-restarts", "1"), tmp_path, start_new_session=True)
     deadline = time.time() + 300
-    while not (run / "distill.ckpt").exists():
+    while not list(run.glob("distill-*.ckpt")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.05)
     ranks = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "edgedistill"], capture_output=True, text=True).stdout.split()
