@@ -326,8 +326,10 @@ def render(mode: str) -> str:
         lines += [f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, {r['seeds']} seed(s)", "",
                   r["what"] + ".", ""]
         if mode == "quick":
-            lines += [("`--quick` trains 10 epochs, half of recipes/demo.yaml's 20 (the one-cycle schedule is compressed to fit), "
-                       "with one seed: single-seed differences of a few points are within run-to-run noise."), ""]
+            lines += [("`--quick` trains 10 epochs, half of recipes/demo.yaml's 20 (the one-cycle schedule is compressed to fit)" +
+                       (", with one seed: single-seed differences of a few points are within run-to-run noise." if r["seeds"] == 1 else
+                        f"; ± is the standard deviation over {r['seeds']} seeds (selection, split, initial weights and batch order "
+                        "all change with the seed).")), ""]
         lines += [
                   "| row | accuracy % (mean ± std) | % of teacher | wall time (s) | time to 95% of final (s) | notes |",
                   "|---|---|---|---|---|---|"]
@@ -346,8 +348,8 @@ def render(mode: str) -> str:
         v = all_results[-1]["versions"]
         lines += ["## Environment", "", "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
                   f"- {all_results[-1]['machine']}",
-                  ("- `torch.set_num_threads(1)` per process; two bench processes (and another engineer's jobs) shared the 2 cores, "
-                   "so wall times carry noise."),
+                  ("- `torch.set_num_threads(1)` per process; the benches ran as separate processes side by side (up to three, "
+                   "with other jobs) on the 2 cores, so wall times carry noise and compare best within one bench."),
                   ("- Wall time of a distillation row = scoring the pool with the teacher (`select_pool`) + training, without evaluation time. "
                    "Time to 95%: the first per-epoch evaluation at or above 95% of the row's final accuracy."), ""]
     text = "\n".join(lines)
