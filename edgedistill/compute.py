@@ -36,8 +36,8 @@ class Compute:
 
 
 def resolve_compute(spec: ComputeSpec, device: torch.device) -> Compute:
-    """`auto` precision: bf16 where the GPU has it, fp16 on older GPUs, full precision on CPU (CPU autocast is
-    slower than fp32 without AMX)."""
+    """`auto` precision: bf16 where the GPU has it, fp16 on older GPUs, full precision on CPU (where autocast
+    pays off only with bf16 matrix units; ask for `bf16` explicitly there)."""
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if spec.precision == "auto":
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
