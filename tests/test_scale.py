@@ -204,3 +204,22 @@ def test_killed_rank_restarts_and_resumes_from_the_last_epoch(tmp_path, photos):
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 31))
     assert json.loads((run / "report.json").read_text())["passed"]
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu(photos):
+    """`compute.precision: bf16` and `channels_last` on CPU: losses are computed in float32 and stay finite."""
+    import torch
+
+    from edgedistill.compute import resolve_compute
+    from edgedistill.distill import distill
+    from edgedistill.models import create_model
+    from edgedistill.pool import convert_array
+    from edgedistill.recipe import ClassDropSpec, ComputeSpec, DistillSpec
+
+    compute = resolve_compute(ComputeSpec(precision="bf16", channels_last=True), torch.device("cpu"))
+    assert compute.dtype is torch.bfloat16 and compute.channels_last
+    torch.manual_seed(0)
+    result = distill(create_model("lenet5", 10, 1).eval(), create_model("lenet5_half", 10, 1), convert_array(photos[:128], SPEC),
+                     DistillSpec(epochs=2, batch_size=32), ClassDropSpec(), SPEC, seed=0, compute=compute)
+    assert all(np.isfinite(h["loss"]) for h in result.history) and result.images_per_s > 0
+    assert all(p.dtype == torch.float32 for p in result.student.parameters())
