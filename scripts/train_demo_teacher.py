@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,19 +61,73 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return (predicted == labels).float().mean().item()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def training_arguments(description: str, epochs: int, out: Path) -> argparse.ArgumentParser:
+    """The options both teacher scripts take."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads; one is as fast for a net this small, and fixes the order of float sums")
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
+
+
+def fit(images: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace, augment: dict, hflip: bool,
+        report: Callable[[int, float, torch.nn.Module], None], report_every: int) -> torch.nn.Module:
+    """LeNet-5 with AdamW + one-cycle and label smoothing 0.05 on `augment`ed batches (and mirrored halves with
+    `hflip`); `report(epoch, mean loss, model)` every `report_every` epochs and after the last."""
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(images) / args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
+                                                   steps_per_epoch=steps_per_epoch)
+    generator = torch.Generator().manual_seed(args.seed)
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(images), generator=generator)
+        total_loss = 0.0
+        for batch in order.split(args.batch_size):
+            inputs = random_affine(images[batch], generator, **augment)
+            if hflip:
+                flip = torch.rand(len(batch), generator=generator) < 0.5
+                inputs = torch.where(flip.view(-1, 1, 1, 1), inputs.flip(-1), inputs)
+            loss = F.cross_entropy(model(inputs), labels[batch], label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(batch)
+        if (epoch + 1) % report_every == 0 or epoch + 1 == args.epochs:
+            report(epoch + 1, total_loss / len(images), model)
+    return model
+
+
+def save_teacher(model: torch.nn.Module, args: argparse.Namespace, facts: dict) -> None:
+    """Weights, and beside them the facts of the run with what every teacher records."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
+    facts = {
+        "architecture": "lenet5", "num_classes": 10, "in_channels": 1, "input_size": [28, 28],
+        "normalization": {"scale": "pixels / 255", "mean": MEAN, "std": STD},
+        "parameters": count_parameters(model), **facts,
+        "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+        "optimizer": f"AdamW(lr={args.lr}, weight_decay={args.weight_decay}), OneCycleLR, label smoothing 0.05",
+        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), *sys.argv]),
+        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(), "machine": platform.machine(),
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
+def main() -> None:
+    parser = training_arguments(__doc__.splitlines()[0], 80, ROOT / "teachers" / "mnist_lenet5.safetensors")
     parser.add_argument("--validate", type=int, default=0,
                         help="hold out this many mnist-train digits and report on them instead of writing files "
                              "(for choosing settings without looking at mnist-heldout)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads; one is as fast for a net this small, and fixes the order of float sums")
-    parser.add_argument("--out", type=Path, default=ROOT / "teachers" / "mnist_lenet5.safetensors")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -92,65 +147,22 @@ def main() -> None:
         test_images, test_labels = to_tensor(heldout.images), torch.from_numpy(heldout.labels)
         test_name = "mnist-heldout"
 
-    model = create_model("lenet5", num_classes=10, in_channels=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(images) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                   steps_per_epoch=steps_per_epoch)
-    augment = dict(degrees=12.0, scale=0.1, shift=2.5, shear=8.0)
-    generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=generator)
-        total_loss = 0.0
-        for batch in order.split(args.batch_size):
-            inputs = random_affine(images[batch], generator, **augment)
-            loss = F.cross_entropy(model(inputs), labels[batch], label_smoothing=0.05)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(batch)
-        if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs:
-            print(f"epoch {epoch + 1:3d}  loss {total_loss / len(images):.4f}  "
-                  f"{test_name} accuracy {accuracy(model, test_images, test_labels):.4f}", flush=True)
+    def report(epoch: int, loss: float, model: torch.nn.Module) -> None:
+        print(f"epoch {epoch:3d}  loss {loss:.4f}  {test_name} accuracy {accuracy(model, test_images, test_labels):.4f}", flush=True)
 
+    augment = dict(degrees=12.0, scale=0.1, shift=2.5, shear=8.0)
+    model = fit(images, labels, args, augment, hflip=False, report=report, report_every=5)
     test_accuracy = accuracy(model, test_images, test_labels)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     print(f"{test_name} accuracy: {test_accuracy:.4f} ({len(test_images)} digits), trained in {seconds:.0f} s")
     if args.validate:
         return
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
-    facts = {
-        "architecture": "lenet5",
-        "num_classes": 10,
-        "in_channels": 1,
-        "input_size": [28, 28],
-        "normalization": {"scale": "pixels / 255", "mean": MEAN, "std": STD},
-        "class_names": train.class_names,
-        "parameters": count_parameters(model),
-        "train_source": "mnist-train",
-        "train_size": len(images),
-        "heldout_source": "mnist-heldout",
-        "heldout_size": len(test_images),
-        "heldout_accuracy": round(test_accuracy, 4),
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "optimizer": f"AdamW(lr={args.lr}, weight_decay={args.weight_decay}), OneCycleLR, label smoothing 0.05",
+    save_teacher(model, args, {
+        "class_names": train.class_names, "train_source": "mnist-train", "train_size": len(images),
+        "heldout_source": "mnist-heldout", "heldout_size": len(test_images), "heldout_accuracy": round(test_accuracy, 4),
         "augmentation": {"random_affine": augment},
-        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), *sys.argv]),
-        "train_seconds": round(seconds, 1),
-        "train_cpu_seconds": round(cpu_seconds, 1),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python_version": platform.python_version(),
-        "machine": platform.machine(),
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+        "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+    })
 
 
 if __name__ == "__main__":
