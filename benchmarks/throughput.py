@@ -29,6 +29,7 @@ from edgedistill.compute import resolve_compute
 from edgedistill.distill import distill
 from edgedistill.distributed import init_world
 from edgedistill.models import create_model
+from edgedistill.pipeline import build_student, load_teacher
 from edgedistill.pool import build_pool, default_workers, normalize
 from edgedistill.recipe import ComputeSpec, recipe_from_dict
 from edgedistill.select import select_pool
@@ -83,8 +84,6 @@ def preset(name: str, shards: str | None, compute: dict):
         data = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
         data.update(targets=[], compute=compute)
         recipe = recipe_from_dict(data, base_dir=ROOT / "recipes")
-        from edgedistill.pipeline import build_student, load_teacher
-
         return recipe, load_teacher(recipe), build_student(recipe)
     if not shards:
         sys.exit("--preset resnet50-mobilenetv3 needs --shards PATTERN (make them with --make-frames DIR)")
@@ -100,8 +99,6 @@ def preset(name: str, shards: str | None, compute: dict):
         "pool": [{"shards": str(Path(shards).absolute())}], "select": {"strategy": "random", "total": 1024, "batch_size": 256},
         "student": {"arch": "torchvision:mobilenet_v3_large"}, "distill": {"epochs": 2, "batch_size": 128, "lr": 0.001},
         "compute": compute}, base_dir=Path.cwd())
-    from edgedistill.pipeline import build_student, load_teacher
-
     return recipe, load_teacher(recipe), build_student(recipe)
 
 

@@ -202,7 +202,8 @@ def distill(
         raise BadInput(f"distill.batch_size {spec.batch_size} does not split evenly over {w.size} ranks; use a multiple of {w.size}")
     local_batch = spec.batch_size // w.size
     torch.manual_seed(seed)
-    compute.prepare(teacher), compute.prepare(student)
+    compute.prepare(teacher)
+    compute.prepare(student)
     distiller = Distiller(teacher, student, spec, class_drop, input_spec).to(compute.device)
     params = [p for p in distiller.parameters() if p.requires_grad]
     adapter_params = list(distiller.feature.parameters())

@@ -304,6 +304,7 @@ class Pipeline:
                                   on_progress=lambda n, t=task: progress.advance(t, n), int8_reference=int8_reference)
             results.append(res)
             log.info("validate %s: %s", target.name, res)
+        selection = json.loads((self.run / "selection.json").read_text())
         report = {
             "name": r.name,
             "passed": all(t.passed for t in results),
@@ -313,8 +314,8 @@ class Pipeline:
                         "onnx_bytes": (self.run / "student.onnx").stat().st_size,
                         "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None},
             "int8": int8_summary,
-            "selection": json.loads((self.run / "selection.json").read_text()),
-            "throughput": {"select": json.loads((self.run / "selection.json").read_text()).get("throughput"),
+            "selection": selection,
+            "throughput": {"select": selection.get("throughput"),
                            "distill": (self.run.read_record("distill") or {}).get("info", {}).get("throughput")},
             "parity": json.loads((self.run / "parity.json").read_text()),
             "history": json.loads((self.run / "history.json").read_text()),
