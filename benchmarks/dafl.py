@@ -8,6 +8,7 @@ Loss weights follow the paper's MNIST setting (one-hot 1, activation 0.1, inform
 The paper's generator (width 128, batch 512) costs seconds per step on one CPU thread; the benchmark runs
 it at width 64 and batch 128 (about 8x cheaper per step) so that it gets thousands of steps of its budget.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.distill import FeatureTap
+from edgedistill.models.features import FeatureTap
 
 
 class Generator(nn.Module):
@@ -26,23 +27,41 @@ class Generator(nn.Module):
     def __init__(self, latent: int = 100, channels: int = 1, size: int = 28, width: int = 128):
         super().__init__()
         self.init, self.width = size // 4, width
-        self.fc = nn.Linear(latent, width * self.init ** 2)
+        self.fc = nn.Linear(latent, width * self.init**2)
         self.body = nn.Sequential(
-            nn.BatchNorm2d(width), nn.Upsample(scale_factor=2),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width, 0.8), nn.LeakyReLU(0.2, inplace=True),
+            nn.BatchNorm2d(width),
             nn.Upsample(scale_factor=2),
-            nn.Conv2d(width, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2, 0.8), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width // 2, channels, 3, padding=1), nn.Tanh(), nn.BatchNorm2d(channels, affine=False),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width, 0.8),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width // 2, 3, padding=1),
+            nn.BatchNorm2d(width // 2, 0.8),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width // 2, channels, 3, padding=1),
+            nn.Tanh(),
+            nn.BatchNorm2d(channels, affine=False),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(self.fc(z).view(len(z), self.width, self.init, self.init))
 
 
-def run_dafl(teacher: nn.Module, student: nn.Module, budget_s: float, evaluate: Callable[[nn.Module], float],
-             seed: int, eval_every_s: float = 10.0, batch: int = 128, latent: int = 100, width: int = 64,
-             lr_g: float = 1e-3, lr_s: float = 2e-3, weights: tuple[float, float, float] = (1.0, 0.1, 5.0),
-             temperature: float = 1.0) -> dict:
+def run_dafl(
+    teacher: nn.Module,
+    student: nn.Module,
+    budget_s: float,
+    evaluate: Callable[[nn.Module], float],
+    seed: int,
+    eval_every_s: float = 10.0,
+    batch: int = 128,
+    latent: int = 100,
+    width: int = 64,
+    lr_g: float = 1e-3,
+    lr_s: float = 2e-3,
+    weights: tuple[float, float, float] = (1.0, 0.1, 5.0),
+    temperature: float = 1.0,
+) -> dict:
     """Trains `student` in place for `budget_s` seconds; returns the curve [(seconds, accuracy)] and step counts.
 
     The generator's output is used as the teacher's (already standardized) input, as in DAFL.
@@ -80,10 +99,10 @@ def run_dafl(teacher: nn.Module, student: nn.Module, budget_s: float, evaluate: 
             loss_ie = (mean_p * torch.log10(mean_p.clamp_min(1e-12))).sum()  # minus the entropy of the batch's class mix
             s_logits = student(images.detach())
             soft = F.softmax(logits.detach() / temperature, 1)
-            loss_kd = F.kl_div(F.log_softmax(s_logits / temperature, 1), soft, reduction="batchmean") * temperature ** 2
+            loss_kd = F.kl_div(F.log_softmax(s_logits / temperature, 1), soft, reduction="batchmean") * temperature**2
             loss_g = w_oh * loss_oh + w_act * loss_act + w_ie * loss_ie
             opt_g.zero_grad(set_to_none=True), opt_s.zero_grad(set_to_none=True)
-            loss_g.backward()   # the teacher is frozen; only the generator's parameters get these gradients
+            loss_g.backward()  # the teacher is frozen; only the generator's parameters get these gradients
             opt_s.zero_grad(set_to_none=True)
             loss_kd.backward()
             opt_g.step(), opt_s.step()

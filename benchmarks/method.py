@@ -9,6 +9,7 @@ Each bench's raw results go to runs/bench/method-<mode>/<bench>.json; every invo
 benches found there into docs/results.md and the docs/<bench>_time_to_accuracy.png plots, so two benches can
 run in two processes and the last one to finish writes the complete page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from edgedistill.distill import augment_batch, distill
-from edgedistill.pipeline import _versions, build_student, load_teacher
-from edgedistill.pool import build_pool, standardize
-from edgedistill.recipe import Recipe, recipe_from_dict
-from edgedistill.select import Selection, holdout_last, select_pool, split_selection
-from edgedistill.sources import FASHION_CLASSES, load_builtin
-from edgedistill.validate import load_labeled, predict_torch
+from edgedistill.config.load import recipe_from_dict
+from edgedistill.config.schema import Recipe
+from edgedistill.inputs.builtin import FASHION_CLASSES, load_builtin
+from edgedistill.inputs.images import standardize
+from edgedistill.inputs.labeled import load_labeled
+from edgedistill.inputs.pool import build_pool
+from edgedistill.pipeline import build_student, load_teacher, package_versions
+from edgedistill.results.selection import Selection
+from edgedistill.stages.distill import augment_batch, distill
+from edgedistill.stages.select import holdout_last, select_pool, split_selection
+from edgedistill.stages.validate import predict_torch
 
 from .dafl import run_dafl
 
@@ -44,7 +49,7 @@ OUT = ROOT / "runs" / "bench"
 BENCHES = {
     "B1": {
         "what": "MNIST LeNet-5 teacher -> LeNet-5-half; pool Fashion-MNIST 60k + natural patches 60k + sklearn digits 1,797; "
-                "accuracy on mnist-heldout (5,000)",
+        "accuracy on mnist-heldout (5,000)",
         "changes": {},
         "labeled": ("mnist-train", None),
         "rows": "all",
@@ -57,12 +62,16 @@ BENCHES = {
     },
     "B2": {
         "what": "Fashion-MNIST LeNet-5 teacher (teachers/fashion_lenet5) -> LeNet-5-half; pool MNIST digits "
-                "(mnist-train + mnist-heldout, 10k) + sklearn digits (upsampled) + natural patches 60k; accuracy on fashion-mnist-test (10,000)",
+        "(mnist-train + mnist-heldout, 10k) + sklearn digits (upsampled) + natural patches 60k; accuracy on fashion-mnist-test (10,000)",
         "changes": {
             "name": "fashion-lenet5-half",
             "teacher": {"weights": "../teachers/fashion_lenet5.safetensors", "class_names": FASHION_CLASSES},
-            "pool": [{"builtin": "mnist-train"}, {"builtin": "mnist-heldout"}, {"builtin": "sklearn-digits"},
-                     {"builtin": "natural-patches", "count": 60000}],
+            "pool": [
+                {"builtin": "mnist-train"},
+                {"builtin": "mnist-heldout"},
+                {"builtin": "sklearn-digits"},
+                {"builtin": "natural-patches", "count": 60000},
+            ],
             "eval": {"labeled": "builtin:fashion-mnist-test"},
         },
         "labeled": ("fashion-mnist", {"quick": 10000, "full": None}),
@@ -100,7 +109,10 @@ def make_recipe(bench: str, epochs: int | None, edits: dict | None = None) -> Re
         data["distill"]["epochs"] = epochs
     edits = edits or {}
     if "strategy" in edits:
-        data["select"] = {"strategy": edits["strategy"], **({"per_class": data["select"]["per_class"]} if edits["strategy"] == "balanced" else {})}
+        data["select"] = {
+            "strategy": edits["strategy"],
+            **({"per_class": data["select"]["per_class"]} if edits["strategy"] == "balanced" else {}),
+        }
     if "class_drop" in edits:
         data["class_drop"] = edits["class_drop"]
     if "loss" in edits:
@@ -131,6 +143,7 @@ def make_evaluate(eval_images: np.ndarray, labels: np.ndarray, spec, clock: Cloc
         clock.excluded += time.perf_counter() - tick
         curve.append((round(t, 2), acc))
         return {"accuracy": acc}
+
     return evaluate
 
 
@@ -141,14 +154,16 @@ def train_ce(recipe: Recipe, images: np.ndarray, labels: np.ndarray, epochs: int
     spec, d = recipe.teacher.input, recipe.distill
     optimizer = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     steps = max(1, len(images) // d.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=d.lr, total_steps=epochs * steps, pct_start=0.15, anneal_strategy="cos")
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=d.lr, total_steps=epochs * steps, pct_start=0.15, anneal_strategy="cos"
+    )
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     for epoch in range(epochs):
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(len(x), generator=g)
         student.train()
         for s in range(steps):
-            idx = order[s * d.batch_size:(s + 1) * d.batch_size]
+            idx = order[s * d.batch_size : (s + 1) * d.batch_size]
             batch = x[idx].float() / 255.0
             if d.augment is not None:
                 batch = augment_batch(batch, d.augment, g)
@@ -182,8 +197,17 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
     keys = list(ROWS) if cfg["rows"] == "all" else cfg["rows"]
     if cfg["labeled"] is None:
         keys = [k for k in keys if k != "ce_upper"]
-    results: dict = {"bench": bench, "what": cfg["what"], "mode": mode, "epochs": epochs, "seeds": seeds,
-                     "teacher_accuracy": teacher_acc, "eval": base.eval.labeled, "pool_size": pool.size, "rows": {}}
+    results: dict = {
+        "bench": bench,
+        "what": cfg["what"],
+        "mode": mode,
+        "epochs": epochs,
+        "seeds": seeds,
+        "teacher_accuracy": teacher_acc,
+        "eval": base.eval.labeled,
+        "pool_size": pool.size,
+        "rows": {},
+    }
     for k in keys:
         results["rows"][k] = {"label": ROWS[k][0], "runs": []}
     results["rows"]["teacher"]["runs"] = [{"seed": 0, "accuracy": teacher_acc, "wall_s": None, "curve": []}]
@@ -198,8 +222,10 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
                 tick = time.perf_counter()
                 sel = select_pool(teacher, pool, sel_spec, r.teacher.num_classes, seed)
                 selections[strategy] = (sel, time.perf_counter() - tick)
-                log(f"[{bench} seed {seed}] select {strategy}: {len(sel.images)} images in {selections[strategy][1]:.1f} s, "
-                    f"from {sel.stats['selected_from_source']}, per class {sel.stats['selected_per_class']}")
+                log(
+                    f"[{bench} seed {seed}] select {strategy}: {len(sel.images)} images in {selections[strategy][1]:.1f} s, "
+                    f"from {sel.stats['selected_from_source']}, per class {sel.stats['selected_per_class']}"
+                )
             return selections[strategy]
 
         balanced, _ = selection("balanced", None)
@@ -212,13 +238,19 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
                 name, count = cfg["labeled"]
                 count = count.get(mode) if isinstance(count, dict) else count
                 data = load_builtin(name, count=count, seed=seed)
-                from edgedistill.pool import convert_array
+                from edgedistill.inputs.images import convert_array
+
                 images, labels = convert_array(data.images, spec), data.labels.astype(np.int64)
                 ce_epochs = max(epochs, math.ceil(epochs * 24000 / len(images)))  # about the distillation rows' step count
                 clock = Clock()
                 train_ce(base, images, labels, ce_epochs, seed, make_evaluate(ev.images, ev.labels, spec, clock, curve))
-                run = {"seed": seed, "accuracy": curve[-1][1], "wall_s": clock.now(), "curve": curve,
-                       "note": f"{len(images)} labeled {name} images, {ce_epochs} epochs"}
+                run = {
+                    "seed": seed,
+                    "accuracy": curve[-1][1],
+                    "wall_s": clock.now(),
+                    "curve": curve,
+                    "note": f"{len(images)} labeled {name} images, {ce_epochs} epochs",
+                }
             else:
                 edits = ROWS[k][1]
                 recipe = make_recipe(bench, epochs, edits)
@@ -228,10 +260,24 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
                 clock = Clock(offset=sel_s)  # the row's time includes scoring the pool
                 torch.manual_seed(seed)  # every row starts from the same student weights, as Pipeline.stage_distill does
                 student = build_student(recipe)
-                distill(teacher, student, train, recipe.distill, recipe.class_drop, spec, seed,
-                        evaluate=make_evaluate(ev.images, ev.labels, spec, clock, curve))
-                run = {"seed": seed, "accuracy": curve[-1][1], "wall_s": clock.now(), "curve": curve, "select_s": sel_s,
-                       "train_size": len(train)}
+                distill(
+                    teacher,
+                    student,
+                    train,
+                    recipe.distill,
+                    recipe.class_drop,
+                    spec,
+                    seed,
+                    evaluate=make_evaluate(ev.images, ev.labels, spec, clock, curve),
+                )
+                run = {
+                    "seed": seed,
+                    "accuracy": curve[-1][1],
+                    "wall_s": clock.now(),
+                    "curve": curve,
+                    "select_s": sel_s,
+                    "train_size": len(train),
+                }
             results["rows"][k]["runs"].append(run)
             log(f"[{bench} seed {seed}] {k}: {run['accuracy']:.4f} in {run['wall_s']:.0f} s")
         results.setdefault("selection", {})[str(seed)] = {s: v[0].stats for s, v in selections.items()}
@@ -242,16 +288,32 @@ def run_bench(bench: str, mode: str, seeds: int, log) -> dict:
             clock = Clock()
             evaluate = make_evaluate(ev.images, ev.labels, spec, clock, curve)
             torch.manual_seed(seed)
-            out = run_dafl(teacher, build_student(base), budget, lambda s, evaluate=evaluate: evaluate(s)["accuracy"], seed,
-                           eval_every_s=max(5.0, budget / 60))
+            out = run_dafl(
+                teacher,
+                build_student(base),
+                budget,
+                lambda s, evaluate=evaluate: evaluate(s)["accuracy"],
+                seed,
+                eval_every_s=max(5.0, budget / 60),
+            )
             curve = [(round(t, 2), a) for t, a in out["curve"]]
             reach = time_to(curve, full_run["accuracy"])
-            run = {"seed": seed, "accuracy": curve[-1][1], "best_accuracy": max(a for _, a in curve), "wall_s": curve[-1][0],
-                   "curve": curve, "budget_s": budget, "steps": out["steps"], "images_seen": out["images_seen"],
-                   "reaches_full_method_at_s": reach}
+            run = {
+                "seed": seed,
+                "accuracy": curve[-1][1],
+                "best_accuracy": max(a for _, a in curve),
+                "wall_s": curve[-1][0],
+                "curve": curve,
+                "budget_s": budget,
+                "steps": out["steps"],
+                "images_seen": out["images_seen"],
+                "reaches_full_method_at_s": reach,
+            }
             results["rows"]["dafl"]["runs"].append(run)
-            log(f"[{bench} seed {seed}] dafl: {run['accuracy']:.4f} (best {run['best_accuracy']:.4f}) after {budget:.0f} s budget, "
-                f"{out['steps']} steps; reaches full method's {full_run['accuracy']:.4f}: {reach}")
+            log(
+                f"[{bench} seed {seed}] dafl: {run['accuracy']:.4f} (best {run['best_accuracy']:.4f}) after {budget:.0f} s budget, "
+                f"{out['steps']} steps; reaches full method's {full_run['accuracy']:.4f}: {reach}"
+            )
     return results
 
 
@@ -280,9 +342,11 @@ def summarize(results: dict) -> list[list[str]]:
         if k == "dafl":
             reach = [r["reaches_full_method_at_s"] for r in runs]
             best = np.mean([r["best_accuracy"] for r in runs])
-            note = (f"budget {np.mean([r['budget_s'] for r in runs]):.0f} s ({results.get('dafl_factor', '')}x full method), "
-                    f"best {100 * best:.2f}%, {np.mean([r['steps'] for r in runs]):.0f} steps; reaches the full method's accuracy: "
-                    + ("never within budget" if any(r is None for r in reach) else f"at {np.mean(reach):.0f} s"))
+            note = (
+                f"budget {np.mean([r['budget_s'] for r in runs]):.0f} s ({results.get('dafl_factor', '')}x full method), "
+                f"best {100 * best:.2f}%, {np.mean([r['steps'] for r in runs]):.0f} steps; reaches the full method's accuracy: "
+                + ("never within budget" if any(r is None for r in reach) else f"at {np.mean(reach):.0f} s")
+            )
         elif k not in ("teacher", "ce_upper"):
             note = f"{runs[0]['train_size']} training images, pool scoring {runs[0]['select_s']:.0f} s included"
         rows.append([row["label"], acc, "100.0" if k == "teacher" else f"{100 * mean / teacher:.1f}", wall, t95s, note])
@@ -291,6 +355,7 @@ def summarize(results: dict) -> list[list[str]]:
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -319,20 +384,32 @@ def render(mode: str) -> str:
     order = {b: i for i, b in enumerate(BENCHES)}
     all_results = sorted((json.loads(f.read_text()) for f in files), key=lambda r: order.get(r["bench"], 99))
     m = MODES[mode]
-    lines = ["# Results: the method against its rivals", "",
-             "Written by `benchmarks/method.py`; do not edit by hand. See docs/method.md for the method and how to read this.", ""]
+    lines = [
+        "# Results: the method against its rivals",
+        "",
+        "Written by `benchmarks/method.py`; do not edit by hand. See docs/method.md for the method and how to read this.",
+        "",
+    ]
     for r in all_results:
         r["dafl_factor"] = m["dafl_factor"]
-        lines += [f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, {r['seeds']} seed(s)", "",
-                  r["what"] + ".", ""]
+        lines += [f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, {r['seeds']} seed(s)", "", r["what"] + ".", ""]
         if mode == "quick":
-            lines += [("`--quick` trains 10 epochs, half of recipes/demo.yaml's 20 (the one-cycle schedule is compressed to fit)" +
-                       (", with one seed: single-seed differences of a few points are within run-to-run noise." if r["seeds"] == 1 else
-                        f"; ± is the standard deviation over {r['seeds']} seeds (selection, split, initial weights and batch order "
-                        "all change with the seed).")), ""]
+            lines += [
+                (
+                    "`--quick` trains 10 epochs, half of recipes/demo.yaml's 20 (the one-cycle schedule is compressed to fit)"
+                    + (
+                        ", with one seed: single-seed differences of a few points are within run-to-run noise."
+                        if r["seeds"] == 1
+                        else f"; ± is the standard deviation over {r['seeds']} seeds (selection, split, initial weights and batch order "
+                        "all change with the seed)."
+                    )
+                ),
+                "",
+            ]
         lines += [
-                  "| row | accuracy % (mean ± std) | % of teacher | wall time (s) | time to 95% of final (s) | notes |",
-                  "|---|---|---|---|---|---|"]
+            "| row | accuracy % (mean ± std) | % of teacher | wall time (s) | time to 95% of final (s) | notes |",
+            "|---|---|---|---|---|---|",
+        ]
         lines += ["| " + " | ".join(cells) + " |" for cells in summarize(r)]
         lines += ["", f"Command: `{r['command']}` (bench wall time {r['bench_wall_s']:.0f} s, {r['finished']}).", ""]
         plot(r, ROOT / "docs" / f"{r['bench'].lower().replace('-', '_')}_time_to_accuracy.png")
@@ -346,12 +423,22 @@ def render(mode: str) -> str:
             lines += [""]
     if all_results:
         v = all_results[-1]["versions"]
-        lines += ["## Environment", "", "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
-                  f"- {all_results[-1]['machine']}",
-                  ("- `torch.set_num_threads(1)` per process; the benches ran as separate processes side by side (up to three, "
-                   "with other jobs) on the 2 cores, so wall times carry noise and compare best within one bench."),
-                  ("- Wall time of a distillation row = scoring the pool with the teacher (`select_pool`) + training, without evaluation time. "
-                   "Time to 95%: the first per-epoch evaluation at or above 95% of the row's final accuracy."), ""]
+        lines += [
+            "## Environment",
+            "",
+            "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
+            f"- {all_results[-1]['machine']}",
+            (
+                "- `torch.set_num_threads(1)` per process; the benches ran as separate processes side by side (up to three, "
+                "with other jobs) on the 2 cores, so wall times carry noise and compare best within one bench."
+            ),
+            (
+                "- Wall time of a distillation row = scoring the pool with the teacher (`select_pool`) + training, "
+                "without evaluation time. "
+                "Time to 95%: the first per-epoch evaluation at or above 95% of the row's final accuracy."
+            ),
+            "",
+        ]
     text = "\n".join(lines)
     DOC.write_text(text)
     return text
@@ -384,11 +471,17 @@ def main() -> None:
                 log_file.flush()
 
             results = run_bench(bench, mode, seeds, log)
-            results.update({
-                "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]]),
-                "bench_wall_s": time.perf_counter() - started, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "versions": _versions(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            })
+            results.update(
+                {
+                    "command": " ".join(
+                        shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]]
+                    ),
+                    "bench_wall_s": time.perf_counter() - started,
+                    "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "versions": package_versions(),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+                }
+            )
             (out_dir / f"{bench}.json").write_text(json.dumps(results, indent=1))
             plot(results, ROOT / "docs" / f"{bench.lower().replace('-', '_')}_time_to_accuracy.png")
     print(render(mode))

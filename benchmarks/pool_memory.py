@@ -6,6 +6,7 @@ Writes WebDataset shards of real Fashion-MNIST pictures (cycled, each copy shift
 then scores each pool size with the demo teacher and edgedistill.select.select_pool in a fresh process and prints its peak RSS
 side by side, with the ratio to the smallest pool. Prints one markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ PER_SHARD = 5000
 
 
 def write_shards(folder: Path, count: int) -> str:
-    from edgedistill.sources import load_builtin
+    from edgedistill.inputs.builtin import load_builtin
 
     base = load_builtin("fashion-mnist").images
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,10 +47,10 @@ def score(pattern: str, per_class: int) -> dict:
     """Runs in its own process: one select_pool pass over the shards; peak RSS from the kernel."""
     import torch
 
-    from edgedistill.models import create_model
-    from edgedistill.pool import ShardsPart, Pool, expand_shards
-    from edgedistill.recipe import InputSpec, SelectSpec
-    from edgedistill.select import select_pool
+    from edgedistill.config.schema import InputSpec, SelectSpec
+    from edgedistill.inputs.pool import Pool, ShardsPart, expand_shards
+    from edgedistill.models.factory import create_model
+    from edgedistill.stages.select import select_pool
 
     torch.set_num_threads(1)
     spec = InputSpec(channels=1, size=28, mean=[0.1307], std=[0.3081])
@@ -59,10 +60,16 @@ def score(pattern: str, per_class: int) -> dict:
     teacher.load_state_dict(load_file(str(ROOT / "teachers" / "mnist_lenet5.safetensors")))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    selection = select_pool(teacher, Pool(spec, [ShardsPart("shards", expand_shards(pattern, Path("/")))], 512),
-                            SelectSpec(per_class=per_class), 10, seed=0)
-    return {"scored": selection.stats["scored"], "selected": selection.stats["selected"], "seconds": time.perf_counter() - start,
-            "rss_before_mb": before / 1024, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    selection = select_pool(
+        teacher, Pool(spec, [ShardsPart("shards", expand_shards(pattern, Path("/")))], 512), SelectSpec(per_class=per_class), 10, seed=0
+    )
+    return {
+        "scored": selection.stats["scored"],
+        "selected": selection.stats["selected"],
+        "seconds": time.perf_counter() - start,
+        "rss_before_mb": before / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -78,17 +85,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             pattern = write_shards(Path(tmp) / str(size), size)
-            out = subprocess.run([sys.executable, "-m", "benchmarks.pool_memory", "--score", pattern, str(args.per_class)],
-                                 cwd=ROOT, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.pool_memory", "--score", pattern, str(args.per_class)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append({"pool": size, **json.loads(out.stdout.strip().splitlines()[-1])})
     first = rows[0]
     print("| pool images | scored | selected | peak RSS (MB) | RSS growth while scoring (MB) | peak RSS vs smallest pool | seconds |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['pool']:,} | {r['scored']:,} | {r['selected']:,} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_before_mb']:.0f} | "
-              f"**{r['peak_rss_mb'] / first['peak_rss_mb']:.2f}x** | {r['seconds']:.0f} |")
-    print(f"\nCommand: `python -m benchmarks.pool_memory --sizes {args.sizes} --per-class {args.per_class}` "
-          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).")
+        print(
+            f"| {r['pool']:,} | {r['scored']:,} | {r['selected']:,} | {r['peak_rss_mb']:.0f} | "
+            f"{r['peak_rss_mb'] - r['rss_before_mb']:.0f} | "
+            f"**{r['peak_rss_mb'] / first['peak_rss_mb']:.2f}x** | {r['seconds']:.0f} |"
+        )
+    print(
+        f"\nCommand: `python -m benchmarks.pool_memory --sizes {args.sizes} --per-class {args.per_class}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})."
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ DataLoader workers; the ceilings are edgedistill.throughput's bare teacher forwa
 of the same models, same batch, device and precision, on a batch already in memory. Prints one markdown table
 and writes it into docs/throughput.md under a heading for the preset and device.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,17 @@ import numpy as np
 import torch
 import yaml
 
-from edgedistill.compute import resolve_compute
-from edgedistill.distill import distill
-from edgedistill.distributed import init_world
-from edgedistill.models import create_model
+from edgedistill.config.load import recipe_from_dict
+from edgedistill.config.schema import ComputeSpec
+from edgedistill.inputs.images import normalize
+from edgedistill.inputs.pool import build_pool, default_workers
+from edgedistill.models.factory import create_model
 from edgedistill.pipeline import build_student, load_teacher
-from edgedistill.pool import build_pool, default_workers, normalize
-from edgedistill.recipe import ComputeSpec, recipe_from_dict
-from edgedistill.select import select_pool
-from edgedistill.throughput import bare_forward_rate, bare_step_rate
+from edgedistill.scale.compute import resolve_compute
+from edgedistill.scale.distributed import init_world
+from edgedistill.scale.throughput import bare_forward_rate, bare_step_rate
+from edgedistill.stages.distill import distill
+from edgedistill.stages.select import select_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "throughput.md"
@@ -70,7 +73,9 @@ def make_frames(out: Path, shards: int, per_shard: int, seed: int = 0) -> None:
                 side = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
                 top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
                 buf = io.BytesIO()
-                Image.fromarray(np.ascontiguousarray(frame[top:top + side, left:left + side])).resize((256, 256)).save(buf, "JPEG", quality=85)
+                Image.fromarray(np.ascontiguousarray(frame[top : top + side, left : left + side])).resize((256, 256)).save(
+                    buf, "JPEG", quality=85
+                )
                 info = tarfile.TarInfo(f"{shard:04d}{i:06d}.jpg")
                 info.size = buf.tell()
                 buf.seek(0)
@@ -94,11 +99,18 @@ def preset(name: str, shards: str | None, compute: dict):
         torch.manual_seed(0)
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_file(create_model("torchvision:resnet50", 1000, 3, 224).state_dict(), str(weights))
-    recipe = recipe_from_dict({
-        "name": "throughput", "teacher": {"arch": "torchvision:resnet50", "weights": str(weights), "input": IMAGENET, "num_classes": 1000},
-        "pool": [{"shards": str(Path(shards).absolute())}], "select": {"strategy": "random", "total": 1024, "batch_size": 256},
-        "student": {"arch": "torchvision:mobilenet_v3_large"}, "distill": {"epochs": 2, "batch_size": 128, "lr": 0.001},
-        "compute": compute}, base_dir=Path.cwd())
+    recipe = recipe_from_dict(
+        {
+            "name": "throughput",
+            "teacher": {"arch": "torchvision:resnet50", "weights": str(weights), "input": IMAGENET, "num_classes": 1000},
+            "pool": [{"shards": str(Path(shards).absolute())}],
+            "select": {"strategy": "random", "total": 1024, "batch_size": 256},
+            "student": {"arch": "torchvision:mobilenet_v3_large"},
+            "distill": {"epochs": 2, "batch_size": 128, "lr": 0.001},
+            "compute": compute,
+        },
+        base_dir=Path.cwd(),
+    )
     return recipe, load_teacher(recipe), build_student(recipe)
 
 
@@ -109,7 +121,7 @@ def measure(recipe, teacher, student, epochs: int | None) -> list[dict]:
     workers = recipe.compute.workers if recipe.compute.workers is not None else default_workers(pool)
     spec = recipe.teacher.input
     teacher = compute.prepare(teacher.eval())
-    bare = lambda batch: bare_forward_rate(teacher, batch, compute)  # noqa: E731
+    bare = lambda batch: bare_forward_rate(teacher, batch, compute)
     start = time.perf_counter()
     selection = select_pool(teacher, pool, recipe.select, recipe.teacher.num_classes, recipe.seed, compute=compute, workers=workers)
     scored = selection.stats["pool_size"] / (time.perf_counter() - start)
@@ -120,18 +132,38 @@ def measure(recipe, teacher, student, epochs: int | None) -> list[dict]:
     # the same loop doing only what the bare step does (KD on logits, no augmentation): what the loop itself costs
     plain = dspec.model_copy(update={"augment": None, "loss": dspec.loss.model_copy(update={"feature": 0.0, "relation": 0.0})})
     torch.manual_seed(0)
-    plain_result = distill(teacher, copy.deepcopy(student), selection.images, plain, recipe.class_drop.model_copy(update={"mode": "none"}),
-                           spec, recipe.seed, compute=compute)
+    plain_result = distill(
+        teacher,
+        copy.deepcopy(student),
+        selection.images,
+        plain,
+        recipe.class_drop.model_copy(update={"mode": "none"}),
+        spec,
+        recipe.seed,
+        compute=compute,
+    )
     batch = normalize(torch.from_numpy(np.array(selection.images[: dspec.batch_size])), spec).to(compute.device)
     training_ceiling = bare_step_rate(teacher, result.student, batch, compute, lr=dspec.lr)
     training = f"{len(selection.images):,} images x {dspec.epochs} epochs, batch {dspec.batch_size}"
     return [
-        {"stage": f"pool scoring ({selection.stats['pool_size']:,} images, batch {recipe.select.batch_size}, {workers} workers)",
-         "ours": scored, "ceiling": scoring_ceiling, "ceiling_name": "bare teacher forward"},
-        {"stage": f"training, the recipe's method ({training})",
-         "ours": result.images_per_s, "ceiling": training_ceiling, "ceiling_name": "bare distillation step"},
-        {"stage": f"training loop doing the bare step's work: KD only, no augmentation ({training})",
-         "ours": plain_result.images_per_s, "ceiling": training_ceiling, "ceiling_name": "bare distillation step"},
+        {
+            "stage": f"pool scoring ({selection.stats['pool_size']:,} images, batch {recipe.select.batch_size}, {workers} workers)",
+            "ours": scored,
+            "ceiling": scoring_ceiling,
+            "ceiling_name": "bare teacher forward",
+        },
+        {
+            "stage": f"training, the recipe's method ({training})",
+            "ours": result.images_per_s,
+            "ceiling": training_ceiling,
+            "ceiling_name": "bare distillation step",
+        },
+        {
+            "stage": f"training loop doing the bare step's work: KD only, no augmentation ({training})",
+            "ours": plain_result.images_per_s,
+            "ceiling": training_ceiling,
+            "ceiling_name": "bare distillation step",
+        },
     ]
 
 
@@ -143,13 +175,20 @@ def device_name(device: str) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| stage | ours (images/s) | ceiling | ceiling (images/s) | ratio |", "|---|---|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['ours']:,.0f} | {r['ceiling_name']} | {r['ceiling']:,.0f} | **{r['ours'] / r['ceiling']:.2f}** |" for r in rows]
+    lines += [
+        f"| {r['stage']} | {r['ours']:,.0f} | {r['ceiling_name']} | {r['ceiling']:,.0f} | **{r['ours'] / r['ceiling']:.2f}** |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 def write_doc(heading: str, body: str) -> None:
     """Replaces this heading's section of docs/throughput.md, keeping the others."""
-    text = DOC.read_text() if DOC.exists() else "# Throughput against the ceilings\n\nWritten by `benchmarks/throughput.py`; see docs/scale.md.\n"
+    text = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Throughput against the ceilings\n\nWritten by `benchmarks/throughput.py`; see docs/scale.md.\n"
+    )
     sections = text.split("\n## ")
     kept = [s for s in sections[1:] if not s.startswith(heading)]
     DOC.write_text("\n## ".join([sections[0].rstrip("\n") + "\n", *[s.rstrip("\n") + "\n" for s in kept], f"{heading}\n\n{body}\n"]))
@@ -177,8 +216,10 @@ def main() -> None:
     device = device_name(args.device)
     versions = f"torch {torch.__version__}, Python {platform.python_version()}"
     command = shlex.join(["python", "-m", "benchmarks.throughput", *sys.argv[1:]])
-    body = (f"{table(rows)}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {device}; "
-            f"precision {args.precision}; {versions}).")
+    body = (
+        f"{table(rows)}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {device}; "
+        f"precision {args.precision}; {versions})."
+    )
     print(body)
     if not args.no_doc:
         write_doc(f"{args.preset} on {device}", body)

@@ -1,21 +1,27 @@
 """The thin command line on top of the pipeline stages."""
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from .backends import RUNTIMES
 from .errors import BadInput, EdgeDistillError
+from .version import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distill a trained image classifier into a small deployable model, without its training data.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distill a trained image classifier into a small deployable model, without its training data.",
+)
 console = Console(stderr=True)
 out = Console()
 
@@ -50,11 +56,16 @@ def _verdict_cell(target: dict) -> str:
 
 
 def print_report(report: dict) -> None:
-    from .gate import throughput_rows
+    from .results.report import throughput_rows
 
     teacher, student = report["teacher"], report["student"]
-    table = Table(title=f"{report['name']}: teacher {teacher['arch']}, student {student['arch']}, "
-                        f"evaluated on {report['eval']['name']} ({report['eval']['samples']} images)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(
+        title=f"{report['name']}: teacher {teacher['arch']}, student {student['arch']}, "
+        f"evaluated on {report['eval']['name']} ({report['eval']['samples']} images)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
     for col in ("model", "target", "acc", "agree", "params", "size", "p50 ms", "p99 ms", "gate"):
         table.add_column(col, justify="left" if col in ("model", "target", "gate") else "right", no_wrap=True)
     table.add_row("teacher", "pytorch", _fmt(teacher["accuracy"], "{:.2%}"), "-", f"{teacher['parameters']:,}", "-", "-", "-", "")
@@ -62,29 +73,41 @@ def print_report(report: dict) -> None:
         lat = t["latency"] or {}
         int8 = t.get("precision") == "int8"
         onnx_bytes = student.get("int8_onnx_bytes") if int8 and student.get("int8_onnx_bytes") else student["onnx_bytes"]
-        table.add_row("student" + (" int8" if int8 else ""), t["name"], _fmt(t["accuracy"], "{:.2%}"),
-                      _fmt(t["agreement"], "{:.2%}"), f"{student['parameters']:,}", f"{onnx_bytes / 1024:.0f}K",
-                      _fmt(lat.get("p50_ms"), "{:.3f}"), _fmt(lat.get("p99_ms"), "{:.3f}") + ("[yellow]~" if lat.get("noisy") else ""),
-                      _verdict_cell(t))
+        table.add_row(
+            "student" + (" int8" if int8 else ""),
+            t["name"],
+            _fmt(t["accuracy"], "{:.2%}"),
+            _fmt(t["agreement"], "{:.2%}"),
+            f"{student['parameters']:,}",
+            f"{onnx_bytes / 1024:.0f}K",
+            _fmt(lat.get("p50_ms"), "{:.3f}"),
+            _fmt(lat.get("p99_ms"), "{:.3f}") + ("[yellow]~" if lat.get("noisy") else ""),
+            _verdict_cell(t),
+        )
     out.print(table)
     if any((t["latency"] or {}).get("noisy") for t in report["targets"]):
         out.print("[yellow]~[/] noisy: latency varied by more than 10% between runs (cv in report.json)")
     rates = throughput_rows(report)
     if rates:
-        out.print("throughput: " + ", ".join(f"{stage} {rate:,.0f} img/s ({ratio:.2f}x {ceiling})"
-                                             for stage, rate, ceiling, _, ratio in rates), highlight=False)
+        out.print(
+            "throughput: " + ", ".join(f"{stage} {rate:,.0f} img/s ({ratio:.2f}x {ceiling})" for stage, rate, ceiling, _, ratio in rates),
+            highlight=False,
+        )
     if report.get("int8"):
         q = report["int8"]
-        out.print(f"INT8 student.int8.onnx ({q['method']}, {q['calibration_samples']} calibration images) on {q['runtime']}: "
-                  f"{q['basis']} {q['int8']:.2%} vs fp32 {q['fp32']:.2%} (drop {q['drop'] * 100:.2f} points), "
-                  f"{student.get('int8_onnx_bytes', 0) / 1024:.0f} KiB", highlight=False)
+        out.print(
+            f"INT8 student.int8.onnx ({q['method']}, {q['calibration_samples']} calibration images) on {q['runtime']}: "
+            f"{q['basis']} {q['int8']:.2%} vs fp32 {q['fp32']:.2%} (drop {q['drop'] * 100:.2f} points), "
+            f"{student.get('int8_onnx_bytes', 0) / 1024:.0f} KiB",
+            highlight=False,
+        )
     for t in report["targets"]:
         for v in t["verdicts"]:
             if not v["passed"]:
                 out.print(f"[red]{t['name']}: {v['budget']} measured {v['measured']:.4g}, limit {v['limit']:.4g} ({v['basis']})")
 
 
-def _run(fn: Callable[[], Optional[dict]]) -> None:
+def _run(fn: Callable[[], dict | None]) -> None:
     """One line and a documented exit code for every expected failure; no traceback."""
     try:
         report = fn()
@@ -93,26 +116,32 @@ def _run(fn: Callable[[], Optional[dict]]) -> None:
         if report:
             print_report(report)
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished stages are kept; run the same command again to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if report:
         print_report(report)
 
 
 def _stage_command(stages: tuple[str, ...]) -> Callable:
-    def command(recipe: Path = RecipeArg, run_dir: Optional[Path] = RunDirOpt, fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
-                set_: Optional[list[str]] = SetOpt) -> None:
+    def command(
+        recipe: Path = RecipeArg,
+        run_dir: Path | None = RunDirOpt,
+        fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
+        set_: list[str] | None = SetOpt,
+    ) -> None:
+        from .config.load import load_recipe
         from .pipeline import compress
-        from .recipe import load_recipe
 
         _run(lambda: compress(load_recipe(recipe, set_ or []), run_dir, fresh=fresh, stages=stages, console=console))
 
     return command
 
 
-app.command("compress", help="Run every stage: select, distill, export, validate.")(_stage_command(("select", "distill", "export", "validate")))
+app.command("compress", help="Run every stage: select, distill, export, validate.")(
+    _stage_command(("select", "distill", "export", "validate"))
+)
 app.command("select", help="Score the pool with the teacher and keep a class-balanced subset.")(_stage_command(("select",)))
 app.command("distill", help="Train the student on the selection (runs select first if needed).")(_stage_command(("distill",)))
 app.command("export", help="Export the student to ONNX with a parity check.")(_stage_command(("export",)))
@@ -122,53 +151,112 @@ ModelOpt = "MODEL.onnx mode"
 
 
 @app.command("validate")
-def validate_command(recipe: Optional[Path] = typer.Argument(None, metavar="[RECIPE|MODEL.onnx]", show_default=False,
-                                                             help="recipe YAML file (default: the recipe recorded in --run-dir), or any ONNX classifier to gate on its own"),
-                     run_dir: Optional[Path] = RunDirOpt, set_: Optional[list[str]] = SetOpt,
-                     target: Optional[list[str]] = typer.Option(None, "--target", help="validate only this target (repeatable)"),
-                     fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
-                     runtime: Optional[str] = typer.Option(None, "--runtime", help="onnxruntime (default), tensorrt or trtexec", rich_help_panel=ModelOpt),
-                     budget: Optional[list[str]] = typer.Option(None, "--budget", help="p99_ms=2 or min_accuracy=0.9 (repeatable)", rich_help_panel=ModelOpt),
-                     labeled: Optional[Path] = typer.Option(None, "--labeled", help="folder with one subfolder of images per class", rich_help_panel=ModelOpt),
-                     mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean of pixels/255, e.g. 0.485,0.456,0.406 (default: the model's metadata)", rich_help_panel=ModelOpt),
-                     std: Optional[str] = typer.Option(None, "--std", help="per-channel std, like --mean", rich_help_panel=ModelOpt),
-                     out_dir: Optional[Path] = typer.Option(None, "--out", help="where report.json goes (default: runs/validate-<model name>)", rich_help_panel=ModelOpt),
-                     threads: Optional[int] = typer.Option(None, "--threads", min=0, help="onnxruntime intra-op threads (0: its default)", rich_help_panel=ModelOpt),
-                     iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="timed calls at batch 1 (default 200)", rich_help_panel=ModelOpt),
-                     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="untimed calls first (default 20)", rich_help_panel=ModelOpt),
-                     precision: Optional[str] = typer.Option(None, "--precision", help="tensorrt/trtexec engine: fp32, fp16 or int8 (a Q/DQ model builds as int8)", rich_help_panel=ModelOpt),
-                     provider: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt (repeatable, in order)", rich_help_panel=ModelOpt),
-                     trtexec: Optional[str] = typer.Option(None, "--trtexec", help="trtexec binary (default: PATH, then /usr/src/tensorrt/bin/trtexec)", rich_help_panel=ModelOpt),
-                     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use at most this many labeled images", rich_help_panel=ModelOpt),
-                     duration: Optional[float] = typer.Option(None, "--duration", min=0.01, help="time batch 1 for this many seconds instead of --iterations calls", rich_help_panel=ModelOpt)) -> None:
+def validate_command(
+    recipe: Path | None = typer.Argument(
+        None,
+        metavar="[RECIPE|MODEL.onnx]",
+        show_default=False,
+        help="recipe YAML file (default: the recipe recorded in --run-dir), or any ONNX classifier to gate on its own",
+    ),
+    run_dir: Path | None = RunDirOpt,
+    set_: list[str] | None = SetOpt,
+    target: list[str] | None = typer.Option(None, "--target", help="validate only this target (repeatable)"),
+    fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
+    runtime: str | None = typer.Option(None, "--runtime", help=f"{', '.join(RUNTIMES)} (default: onnxruntime)", rich_help_panel=ModelOpt),
+    budget: list[str] | None = typer.Option(None, "--budget", help="p99_ms=2 or min_accuracy=0.9 (repeatable)", rich_help_panel=ModelOpt),
+    labeled: Path | None = typer.Option(None, "--labeled", help="folder with one subfolder of images per class", rich_help_panel=ModelOpt),
+    mean: str | None = typer.Option(
+        None,
+        "--mean",
+        help="per-channel mean of pixels/255, e.g. 0.485,0.456,0.406 (default: the model's metadata)",
+        rich_help_panel=ModelOpt,
+    ),
+    std: str | None = typer.Option(None, "--std", help="per-channel std, like --mean", rich_help_panel=ModelOpt),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="where report.json goes (default: runs/validate-<model name>)", rich_help_panel=ModelOpt
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=0, help="onnxruntime intra-op threads (0: its default)", rich_help_panel=ModelOpt
+    ),
+    iterations: int | None = typer.Option(
+        None, "--iterations", min=1, help="timed calls at batch 1 (default 200)", rich_help_panel=ModelOpt
+    ),
+    warmup: int | None = typer.Option(None, "--warmup", min=0, help="untimed calls first (default 20)", rich_help_panel=ModelOpt),
+    precision: str | None = typer.Option(
+        None, "--precision", help="tensorrt/trtexec engine: fp32, fp16 or int8 (a Q/DQ model builds as int8)", rich_help_panel=ModelOpt
+    ),
+    provider: list[str] | None = typer.Option(
+        None, "--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt (repeatable, in order)", rich_help_panel=ModelOpt
+    ),
+    trtexec: str | None = typer.Option(
+        None, "--trtexec", help="trtexec binary (default: PATH, then /usr/src/tensorrt/bin/trtexec)", rich_help_panel=ModelOpt
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="use at most this many labeled images", rich_help_panel=ModelOpt),
+    duration: float | None = typer.Option(
+        None, "--duration", min=0.01, help="time batch 1 for this many seconds instead of --iterations calls", rich_help_panel=ModelOpt
+    ),
+) -> None:
     """Measure accuracy and latency on each target and check the budgets.
 
-    Re-gates an existing run without redoing select, distill or export: `validate --run-dir DIR` reuses the recipe the run recorded; add --set targets.0.budget.p99_ms=2 or --target NAME to change what is checked.
+    Re-gates an existing run without redoing select, distill or export: `validate --run-dir DIR` reuses the recipe
+    the run recorded; add --set targets.0.budget.p99_ms=2 or --target NAME to change what is checked.
 
-    Gates any ONNX classifier too: `validate MODEL.onnx --runtime onnxruntime --budget p99_ms=2 --budget min_accuracy=0.9 --labeled FOLDER`.
+    Gates any ONNX classifier too:
+    `validate MODEL.onnx --runtime onnxruntime --budget p99_ms=2 --budget min_accuracy=0.9 --labeled FOLDER`.
 
     Exit codes: 0 all budgets met, 2 bad input, 3 a budget failed, 4 a target unavailable.
     """
-    model_options = {"--runtime": runtime, "--budget": budget, "--labeled": labeled, "--mean": mean, "--std": std,
-                     "--out": out_dir, "--threads": threads, "--iterations": iterations, "--warmup": warmup,
-                     "--precision": precision, "--provider": provider, "--trtexec": trtexec, "--limit": limit,
-                     "--duration": duration}
+    model_options = {
+        "--runtime": runtime,
+        "--budget": budget,
+        "--labeled": labeled,
+        "--mean": mean,
+        "--std": std,
+        "--out": out_dir,
+        "--threads": threads,
+        "--iterations": iterations,
+        "--warmup": warmup,
+        "--precision": precision,
+        "--provider": provider,
+        "--trtexec": trtexec,
+        "--limit": limit,
+        "--duration": duration,
+    }
     if recipe is not None and recipe.suffix.lower() == ".onnx":
-        recipe_options = [name for name, value in (("--run-dir", run_dir), ("--set", set_), ("--target", target), ("--fresh", fresh)) if value]
+        recipe_options = [
+            name for name, value in (("--run-dir", run_dir), ("--set", set_), ("--target", target), ("--fresh", fresh)) if value
+        ]
         if recipe_options:
             _fail(f"{', '.join(recipe_options)} apply to a recipe; {recipe} is validated with --runtime, --budget and --labeled")
-        _validate_model(recipe, runtime or "onnxruntime", budget or [], labeled, mean, std, out_dir, threads or 0,
-                        20 if warmup is None else warmup, iterations or 200, precision or "fp32", provider, trtexec, limit,
-                        duration)
+        _validate_model(
+            recipe,
+            runtime or "onnxruntime",
+            budget or [],
+            labeled,
+            mean,
+            std,
+            out_dir,
+            threads or 0,
+            20 if warmup is None else warmup,
+            iterations or 200,
+            precision or "fp32",
+            provider,
+            trtexec,
+            limit,
+            duration,
+        )
         return
     given = [name for name, value in model_options.items() if value]
     if given:
         _fail(f"{', '.join(given)} apply to `validate MODEL.onnx`; a recipe sets them per target (use --set)")
-    from .gate import recipe_for_regate
+    from .config.load import recipe_for_regate
     from .pipeline import compress
 
-    _run(lambda: compress(recipe_for_regate(run_dir, recipe, set_ or [], target or []), run_dir, fresh=fresh,
-                          stages=("validate",), console=console))
+    _run(
+        lambda: compress(
+            recipe_for_regate(run_dir, recipe, set_ or [], target or []), run_dir, fresh=fresh, stages=("validate",), console=console
+        )
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -188,7 +276,7 @@ def _floats(option: str, text: str | None) -> list[float] | None:
 def _budget(items: list[str]):
     from pydantic import ValidationError
 
-    from .recipe import Budget
+    from .config.schema import Budget
 
     values = {}
     for item in items:
@@ -206,22 +294,47 @@ def _budget(items: list[str]):
         raise BadInput(f"--budget {err['loc'][0]}: {err['msg']}") from None
 
 
-def _validate_model(model: Path, runtime: str, budget: list[str], labeled: Optional[Path], mean: Optional[str],
-                    std: Optional[str], out_dir: Optional[Path], threads: int, warmup: int, iterations: int,
-                    precision: str, providers: Optional[list[str]], trtexec: Optional[str], limit: Optional[int],
-                    duration: Optional[float]) -> None:
-    from .gate import exit_code, verdict_message
-    from .validate import validate_model_file
+def _validate_model(
+    model: Path,
+    runtime: str,
+    budget: list[str],
+    labeled: Path | None,
+    mean: str | None,
+    std: str | None,
+    out_dir: Path | None,
+    threads: int,
+    warmup: int,
+    iterations: int,
+    precision: str,
+    providers: list[str] | None,
+    trtexec: str | None,
+    limit: int | None,
+    duration: float | None,
+) -> None:
+    from .results.report import exit_code, verdict_message
+    from .stages.validate import validate_model_file
 
     try:
-        if runtime not in ("onnxruntime", "tensorrt", "trtexec"):
-            raise BadInput(f"--runtime {runtime!r}: use onnxruntime, tensorrt or trtexec")
         if not model.is_file():
             raise BadInput(f"{model}: file not found")
         out_dir = out_dir or Path("runs") / f"validate-{model.stem}"
-        report = validate_model_file(model, runtime, _budget(budget), out_dir, labeled, _floats("--mean", mean),
-                                     _floats("--std", std), threads, warmup, iterations, precision, providers, trtexec, limit,
-                                     duration)
+        report = validate_model_file(
+            model,
+            runtime,
+            _budget(budget),
+            out_dir,
+            labeled,
+            _floats("--mean", mean),
+            _floats("--std", std),
+            threads,
+            warmup,
+            iterations,
+            precision,
+            providers,
+            trtexec,
+            limit,
+            duration,
+        )
     except EdgeDistillError as exc:
         _fail(str(exc), exc.exit_code)
     result = report["targets"][0]
@@ -248,38 +361,57 @@ def print_model_report(report: dict) -> None:
     throughput = t["throughput"] or {}
     for col in ("runtime", "prec", "acc", "p50 ms", "p99 ms", "CV", f"img/s b{throughput.get('batch', '-')}", "budgets"):
         table.add_column(col, justify="left" if col in ("runtime", "prec", "budgets") else "right")
-    table.add_row(t["runtime"], t.get("precision", "fp32"), _fmt(t["accuracy"], "{:.2%}"), *_latency_cells(t["latency"]),
-                  _fmt(throughput.get("throughput_per_s"), "{:,.0f}"), _verdict_cell(t))
+    table.add_row(
+        t["runtime"],
+        t.get("precision", "fp32"),
+        _fmt(t["accuracy"], "{:.2%}"),
+        *_latency_cells(t["latency"]),
+        _fmt(throughput.get("throughput_per_s"), "{:,.0f}"),
+        _verdict_cell(t),
+    )
     out.print(table)
 
 
 @app.command("quantize")
-def quantize_command(model: Path = typer.Argument(..., metavar="MODEL.onnx", help="fp32 ONNX image classifier", show_default=False),
-                     calib: Path = typer.Option(..., "--calib", help="folder of calibration images (searched recursively)", show_default=False),
-                     out_path: Optional[Path] = typer.Option(None, "--out", help="output file (default: MODEL.int8.onnx, or MODEL.int8.trt.onnx with --for-tensorrt)"),
-                     method: str = typer.Option("minmax", "--method", help="calibration: minmax, entropy or percentile"),
-                     samples: int = typer.Option(512, "--samples", min=1, help="calibration images to use at most"),
-                     for_tensorrt: bool = typer.Option(False, "--for-tensorrt", help="symmetric INT8 that TensorRT's ONNX parser accepts"),
-                     mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean of pixels/255 (default: the model's metadata)"),
-                     std: Optional[str] = typer.Option(None, "--std", help="per-channel std (default: the model's metadata)"),
-                     seed: int = typer.Option(0, "--seed", help="which calibration images a --samples limit picks")) -> None:
+def quantize_command(
+    model: Path = typer.Argument(..., metavar="MODEL.onnx", help="fp32 ONNX image classifier", show_default=False),
+    calib: Path = typer.Option(..., "--calib", help="folder of calibration images (searched recursively)", show_default=False),
+    out_path: Path | None = typer.Option(
+        None, "--out", help="output file (default: MODEL.int8.onnx, or MODEL.int8.trt.onnx with --for-tensorrt)"
+    ),
+    method: str = typer.Option("minmax", "--method", help="calibration: minmax, entropy or percentile"),
+    samples: int = typer.Option(512, "--samples", min=1, help="calibration images to use at most"),
+    for_tensorrt: bool = typer.Option(False, "--for-tensorrt", help="symmetric INT8 that TensorRT's ONNX parser accepts"),
+    mean: str | None = typer.Option(None, "--mean", help="per-channel mean of pixels/255 (default: the model's metadata)"),
+    std: str | None = typer.Option(None, "--std", help="per-channel std (default: the model's metadata)"),
+    seed: int = typer.Option(0, "--seed", help="which calibration images a --samples limit picks"),
+) -> None:
     """Quantize any ONNX classifier to INT8 (Q/DQ), calibrated on a folder of images.
 
     Input size and channels come from the model's input; mean/std from edgedistill's metadata or --mean/--std.
     """
-    from .quantize import load_calibration_folder, quantize_int8
-    from .validate import model_input_spec
+    from .inputs.images import sample_folder
+    from .stages.quantize import quantize_int8
+    from .stages.validate import model_input_spec
 
     def work() -> None:
         spec, _ = model_input_spec(model, _floats("--mean", mean), _floats("--std", std))
         target = out_path or model.with_name(model.name.removesuffix(".onnx") + (".int8.trt.onnx" if for_tensorrt else ".int8.onnx"))
-        skipped: list[Path] = []
-        images = load_calibration_folder(calib, spec.channels, spec.size, samples, seed=seed, skipped=skipped)
-        result = quantize_int8(model, target, images, spec.mean, spec.std, method=method, max_samples=samples, seed=seed,
-                               for_tensorrt=for_tensorrt)
+        if not calib.is_dir():
+            raise BadInput(f"--calib {calib}: not a directory of calibration images")
+        images, skipped = sample_folder(calib, spec, samples, seed)
+        if not len(images):
+            raise BadInput(f"--calib {calib}: no readable images ({len(skipped)} unreadable)")
+        result = quantize_int8(
+            model, target, images, spec.mean, spec.std, method=method, max_samples=samples, seed=seed, for_tensorrt=for_tensorrt
+        )
         note = f", {len(skipped)} unreadable files skipped" if skipped else ""
-        out.print(f"{result.path}: INT8 ({method}, {result.calibration_samples} calibration images{note}), "
-                  f"{result.size_bytes / 1024:.0f} KiB from {result.fp32_size_bytes / 1024:.0f} KiB", highlight=False, soft_wrap=True)
+        out.print(
+            f"{result.path}: INT8 ({method}, {result.calibration_samples} calibration images{note}), "
+            f"{result.size_bytes / 1024:.0f} KiB from {result.fp32_size_bytes / 1024:.0f} KiB",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     _run(work)
 
@@ -299,8 +431,8 @@ def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the
 @app.command("report")
 def report_command(run_dir: Path = typer.Argument(..., help="run directory with a report.json", show_default=False)) -> None:
     """Rebuild RUN_DIR/report.html (and junit.xml, summary.md) from the run's files."""
-    from .gate import write_gate_files
-    from .report import write_report_html
+    from .results.gate import write_gate_files
+    from .results.html import write_report_html
 
     def rebuild() -> None:
         path = write_report_html(run_dir)
@@ -313,7 +445,7 @@ def report_command(run_dir: Path = typer.Argument(..., help="run directory with 
 @app.command("recipe-schema")
 def recipe_schema_command() -> None:
     """Print the recipe's JSON Schema (for editor completion)."""
-    from .recipe import recipe_schema
+    from .extensions import recipe_schema
 
     sys.stdout.write(json.dumps(recipe_schema(), indent=2) + "\n")
 

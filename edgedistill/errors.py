@@ -1,5 +1,9 @@
 """Errors that end a run with a documented exit code and one line of explanation."""
 
+from __future__ import annotations
+
+import difflib
+
 
 class EdgeDistillError(Exception):
     exit_code = 1
@@ -19,3 +23,9 @@ class TargetUnavailable(EdgeDistillError):
     """A validation target could not be reached or lacks its runtime."""
 
     exit_code = 4
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    """`; did you mean 'x'?` for the closest candidates, or nothing: the tail of a BadInput message."""
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

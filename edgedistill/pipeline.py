@@ -1,13 +1,14 @@
-"""compress: select -> (class-drop +) distill -> export -> validate, each stage skipped when its inputs are unchanged."""
+"""compress: select -> (class-drop +) distill -> export -> validate, in order, each stage skipped when its inputs are
+unchanged, with progress shown and logged. The stages themselves are in edgedistill.stages."""
+
 from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,25 +17,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .compute import resolve_compute
-from .distill import distill
-from .distributed import barrier, broadcast_object, close_world, init_world, world
-from .errors import BadInput, BudgetFailed, TargetUnavailable
-from .export import check_parity, export_onnx, parity_dict
-from .gate import write_gate_files
-from .models import build_student_model, count_parameters, fit_state_dict
-from .pool import build_pool, default_workers, normalize
-from .throughput import bare_forward_rate, bare_step_rate
-from .quantize import quantize_int8
-from .recipe import Recipe
-from .report import write_report_html
-from .rundir import RunDir, atomic_path, atomic_write_json, fingerprint
-from .select import holdout_last, load_selection, save_selection, select_pool, split_selection
-from .teacher import load_teacher_model
-from .validate import EvalSet, load_labeled, measure_int8, predict_torch, validate_target
+from .atomic import atomic_path, atomic_write_json
+from .backends import RUNTIMES
+from .config.load import load_recipe
+from .config.schema import Recipe
+from .errors import BadInput
+from .extensions import check_recipe
+from .inputs.images import normalize
+from .inputs.labeled import EvalSet, load_labeled
+from .inputs.pool import build_pool, default_workers
+from .models.checkpoint import fit_state_dict
+from .models.factory import build_student_model, count_parameters
+from .models.teachers import load_teacher_model
+from .results.gate import write_gate_files
+from .results.html import write_report_html
+from .results.report import Report, gate_error, target_entry
+from .results.rundir import RunDir, fingerprint, package_versions
+from .results.selection import load_selection, save_selection
+from .scale.compute import resolve_compute
+from .scale.distributed import barrier, broadcast_object, close_world, init_world, world
+from .scale.throughput import bare_forward_rate, bare_step_rate
+from .stages.distill import distill
+from .stages.export import check_parity, export_onnx, parity_dict
+from .stages.quantize import quantize_int8
+from .stages.select import holdout_last, select_pool, split_selection
+from .stages.validate import measure_int8, predict_torch, validate_target
+from .version import __version__
 
 STAGES = ("select", "distill", "export", "validate")
+INT8_MODELS = {"cpu": "student.int8.onnx", "tensorrt": "student.int8.trt.onnx"}  # by the runtime's int8_flavour
 RANKED_STAGES = ("select", "distill")  # the stages every rank of a torchrun launch takes part in
 log = logging.getLogger("edgedistill")
 
@@ -53,11 +64,17 @@ def build_student(recipe: Recipe) -> nn.Module:
 def save_student(student: nn.Module, recipe: Recipe, run: RunDir) -> None:
     with atomic_path(run / "student.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
-    atomic_write_json(run / "student.json", {
-        "arch": recipe.student.arch, "num_classes": recipe.teacher.num_classes,
-        "class_names": recipe.teacher.class_names, "input": recipe.teacher.input.model_dump(),
-        "teacher": recipe.teacher.arch, "edgedistill_version": __version__,
-    })
+    atomic_write_json(
+        run / "student.json",
+        {
+            "arch": recipe.student.arch,
+            "num_classes": recipe.teacher.num_classes,
+            "class_names": recipe.teacher.class_names,
+            "input": recipe.teacher.input.model_dump(),
+            "teacher": recipe.teacher.arch,
+            "edgedistill_version": __version__,
+        },
+    )
 
 
 def load_student(recipe: Recipe, run: RunDir) -> nn.Module:
@@ -68,9 +85,16 @@ def load_student(recipe: Recipe, run: RunDir) -> nn.Module:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), console=console, transient=False,
-                    disable=not console.is_terminal and not console.is_jupyter and console.quiet)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and not console.is_jupyter and console.quiet,
+    )
 
 
 @contextmanager
@@ -84,16 +108,6 @@ def _file_log(path: Path) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         handler.close()
-
-
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torchvision
-
-    return {"edgedistill": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__}
 
 
 class Pipeline:
@@ -127,13 +141,14 @@ class Pipeline:
 
     def _needs_tensorrt_int8(self) -> bool:
         return self.recipe.export.int8.enabled and any(
-            t.precision == "int8" and t.runtime in ("tensorrt", "trtexec") for t in self.recipe.targets)
+            t.precision == "int8" and RUNTIMES[t.runtime].int8_flavour == "tensorrt" for t in self.recipe.targets
+        )
 
     def target_model(self, target) -> Path:
-        """student.onnx, or the INT8 copy an int8 target runs: ORT's U8S8 one, or the symmetric one TensorRT parses."""
+        """student.onnx, or the INT8 copy an int8 target runs: the CPU one (U8S8), or the symmetric one TensorRT parses."""
         if target.precision != "int8":
             return self.run / "student.onnx"
-        return self.run / ("student.int8.onnx" if target.runtime == "onnxruntime" else "student.int8.trt.onnx")
+        return self.run / INT8_MODELS[RUNTIMES[target.runtime].int8_flavour]
 
     def stage_select(self, progress: Progress) -> None:
         r, w = self.recipe, self.world
@@ -141,16 +156,30 @@ class Pipeline:
         workers = r.compute.workers if r.compute.workers is not None else default_workers(pool, w.local_size)
         task = progress.add_task("select: scoring pool", total=pool.size, info=f"{len(pool.parts)} sources, {w.size} rank(s)")
         started = time.perf_counter()
-        selection = select_pool(self.teacher, pool, r.select, r.teacher.num_classes, r.seed,
-                                on_batch=lambda n: progress.advance(task, n * w.size), compute=self.compute, workers=workers)
+        selection = select_pool(
+            self.teacher,
+            pool,
+            r.select,
+            r.teacher.num_classes,
+            r.seed,
+            on_batch=lambda n: progress.advance(task, n * w.size),
+            compute=self.compute,
+            workers=workers,
+        )
         seconds = time.perf_counter() - started
         selection = holdout_last(selection, r.seed)
         rate = selection.stats["pool_size"] / max(seconds, 1e-9)
         batch = normalize(torch.from_numpy(selection.images[: r.select.batch_size]), r.teacher.input)
         bare = bare_forward_rate(self.teacher, batch, self.compute) * w.size if w.main else float("nan")
-        selection.stats["throughput"] = {"seconds": seconds, "images_per_s": rate, "bare_forward_images_per_s": bare,
-                                         "ratio": rate / bare, "batch": r.select.batch_size, "ranks": w.size,
-                                         "workers_per_rank": workers}
+        selection.stats["throughput"] = {
+            "seconds": seconds,
+            "images_per_s": rate,
+            "bare_forward_images_per_s": bare,
+            "ratio": rate / bare,
+            "batch": r.select.batch_size,
+            "ranks": w.size,
+            "workers_per_rank": workers,
+        }
         self._selection_split = split_selection(selection)
         if not w.main:
             return
@@ -159,12 +188,17 @@ class Pipeline:
         s = selection.stats
         log.info("select: %d of %d pool images kept, %d unreadable", s["selected"], s["pool_size"], s["skipped"])
         if s["skipped"]:
-            self.console.print(f"[yellow]select: skipped {s['skipped']} unreadable files {s['skipped_reasons']}, e.g. {s['skipped_examples'][0]}")
+            self.console.print(
+                f"[yellow]select: skipped {s['skipped']} unreadable files {s['skipped_reasons']}, e.g. {s['skipped_examples'][0]}"
+            )
         if s["under_covered_classes"]:
-            self.console.print(f"[yellow]select: the pool barely covers classes {s['under_covered_classes']} "
-                               f"(selected {[s['selected_per_class'][c] for c in s['under_covered_classes']]} of {self.recipe.select.per_class})")
-        self.run.mark_done("select", self.inputs("select"), ["selected.npz", "selected_images.npy", "selection.json"],
-                           {"selected": s["selected"]})
+            self.console.print(
+                f"[yellow]select: the pool barely covers classes {s['under_covered_classes']} "
+                f"(selected {[s['selected_per_class'][c] for c in s['under_covered_classes']]} of {self.recipe.select.per_class})"
+            )
+        self.run.mark_done(
+            "select", self.inputs("select"), ["selected.npz", "selected_images.npy", "selection.json"], {"selected": s["selected"]}
+        )
 
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
         """The selection's train/holdout split, read once; the select stage drops it when it writes a new selection."""
@@ -181,7 +215,9 @@ class Pipeline:
         r = self.recipe
         train, _ = self._split()
         if len(train) < r.distill.batch_size:
-            raise BadInput(f"distill.batch_size {r.distill.batch_size} exceeds the {len(train)} selected training samples; lower it or select more")
+            raise BadInput(
+                f"distill.batch_size {r.distill.batch_size} exceeds the {len(train)} selected training samples; lower it or select more"
+            )
         eval_set = self.eval_set()
         spec = r.teacher.input
 
@@ -210,16 +246,32 @@ class Pipeline:
 
         started = time.perf_counter()
         torch.manual_seed(r.seed)  # the student's initial weights must not depend on what ran before in this process
-        result = distill(self.teacher, build_student(r), train, r.distill, r.class_drop, spec, r.seed,
-                         checkpoint=ckpt, evaluate=evaluate, on_epoch=on_epoch, on_step=lambda: progress.advance(task),
-                         compute=self.compute, teacher_cache=cache)
+        result = distill(
+            self.teacher,
+            build_student(r),
+            train,
+            r.distill,
+            r.class_drop,
+            spec,
+            r.seed,
+            checkpoint=ckpt,
+            evaluate=evaluate,
+            on_epoch=on_epoch,
+            on_step=lambda: progress.advance(task),
+            compute=self.compute,
+            teacher_cache=cache,
+        )
         seconds = time.perf_counter() - started
         if self.world.main:
             throughput = self._training_throughput(result, train) if result.images_per_s else None
             save_student(result.student.cpu(), r, self.run)
             atomic_write_json(self.run / "history.json", result.history)
-            self.run.mark_done("distill", self.inputs("distill"), ["student.safetensors", "student.json", "history.json"],
-                               {"seconds": seconds, "throughput": throughput})
+            self.run.mark_done(
+                "distill",
+                self.inputs("distill"),
+                ["student.safetensors", "student.json", "history.json"],
+                {"seconds": seconds, "throughput": throughput},
+            )
             self._remove_distill_scratch()
         barrier()
 
@@ -241,10 +293,18 @@ class Pipeline:
         """Training images/s against the bare distillation step at this rank's batch (teacher skipped when its outputs are stored)."""
         r, w = self.recipe, self.world
         batch = normalize(torch.from_numpy(np.array(train[: r.distill.batch_size // w.size])), r.teacher.input)
-        bare = bare_step_rate(self.teacher, result.student, batch, self.compute, lr=r.distill.lr,
-                              with_teacher=r.distill.augment is not None) * w.size
-        return {"images_per_s": result.images_per_s, "bare_step_images_per_s": bare, "ratio": result.images_per_s / bare,
-                "batch": r.distill.batch_size, "ranks": w.size, "teacher_outputs_stored": r.distill.augment is None}
+        bare = (
+            bare_step_rate(self.teacher, result.student, batch, self.compute, lr=r.distill.lr, with_teacher=r.distill.augment is not None)
+            * w.size
+        )
+        return {
+            "images_per_s": result.images_per_s,
+            "bare_step_images_per_s": bare,
+            "ratio": result.images_per_s / bare,
+            "batch": r.distill.batch_size,
+            "ranks": w.size,
+            "teacher_outputs_stored": r.distill.augment is None,
+        }
 
     def stage_export(self, progress: Progress) -> None:
         r = self.recipe
@@ -274,11 +334,19 @@ class Pipeline:
         task = progress.add_task("export: int8", total=len(variants), info=f"{q.method}, {min(q.samples, len(calibration))} samples")
         info = {"method": q.method, "calibration_source": "selected.npz (training split)", "models": {}}
         for name, for_tensorrt in variants.items():
-            result = quantize_int8(self.run / "student.onnx", self.run / name, calibration, spec.mean, spec.std,
-                                   method=q.method, max_samples=q.samples, seed=r.seed, for_tensorrt=for_tensorrt)
+            result = quantize_int8(
+                self.run / "student.onnx",
+                self.run / name,
+                calibration,
+                spec.mean,
+                spec.std,
+                method=q.method,
+                max_samples=q.samples,
+                seed=r.seed,
+                for_tensorrt=for_tensorrt,
+            )
             info["calibration_samples"] = result.calibration_samples
-            info["models"][name] = {"bytes": result.size_bytes, "fp32_bytes": result.fp32_size_bytes,
-                                    "for_tensorrt": for_tensorrt}
+            info["models"][name] = {"bytes": result.size_bytes, "fp32_bytes": result.fp32_size_bytes, "for_tensorrt": for_tensorrt}
             progress.advance(task)
         atomic_write_json(self.run / "int8.json", info)
         log.info("export: int8 %s", json.dumps(info))
@@ -294,46 +362,60 @@ class Pipeline:
         student = load_student(r, self.run)
         int8_summary, int8_reference = None, None
         if r.export.int8.enabled and (self.run / "student.int8.onnx").is_file():
-            int8_summary, int8_reference = measure_int8(self.run / "student.onnx", self.run / "student.int8.onnx",
-                                                        eval_set, spec, teacher_pred)
+            int8_summary, int8_reference = measure_int8(
+                self.run / "student.onnx", self.run / "student.int8.onnx", eval_set, spec, teacher_pred
+            )
             int8_summary = json.loads((self.run / "int8.json").read_text()) | int8_summary
         results = []
         for target in r.targets:
             task = progress.add_task(f"validate: {target.name}", total=len(eval_set.images), info=target.runtime)
-            res = validate_target(target.resolved(r), self.target_model(target), eval_set, spec, teacher_pred, teacher_acc,
-                                  on_progress=lambda n, t=task: progress.advance(t, n), int8_reference=int8_reference)
+            res = validate_target(
+                target.resolved(r),
+                self.target_model(target),
+                eval_set,
+                spec,
+                teacher_pred,
+                teacher_acc,
+                on_progress=lambda n, t=task: progress.advance(t, n),
+                int8_reference=int8_reference,
+            )
             results.append(res)
             log.info("validate %s: %s", target.name, res)
         selection = json.loads((self.run / "selection.json").read_text())
-        report = {
-            "name": r.name,
-            "passed": all(t.passed for t in results),
-            "eval": {"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
-            "teacher": {"arch": r.teacher.arch, "parameters": count_parameters(self.teacher), "accuracy": teacher_acc},
-            "student": {"arch": r.student.arch, "parameters": count_parameters(student),
-                        "onnx_bytes": (self.run / "student.onnx").stat().st_size,
-                        "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None},
-            "int8": int8_summary,
-            "selection": selection,
-            "throughput": {"select": selection.get("throughput"),
-                           "distill": (self.run.read_record("distill") or {}).get("info", {}).get("throughput")},
-            "parity": json.loads((self.run / "parity.json").read_text()),
-            "history": json.loads((self.run / "history.json").read_text()),
-            "targets": [{k: v for k, v in t.__dict__.items() if k != "latency_samples_ms"}
-                        | {"passed": t.passed, "budget": target.budget.model_dump(exclude_none=True)}
-                        for t, target in zip(results, r.targets)],
-            "versions": _versions(),
-        }
-        atomic_write_json(self.run / "latency_samples.json",
-                          {t.name: {"batch": 1, "samples_ms": t.latency_samples_ms} for t in results if t.latency_samples_ms})
+        report = Report(
+            name=r.name,
+            eval={"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
+            teacher={"arch": r.teacher.arch, "parameters": count_parameters(self.teacher), "accuracy": teacher_acc},
+            student={
+                "arch": r.student.arch,
+                "parameters": count_parameters(student),
+                "onnx_bytes": (self.run / "student.onnx").stat().st_size,
+                "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None,
+            },
+            int8=int8_summary,
+            selection=selection,
+            throughput={
+                "select": selection.get("throughput"),
+                "distill": (self.run.read_record("distill") or {}).get("info", {}).get("throughput"),
+            },
+            parity=json.loads((self.run / "parity.json").read_text()),
+            history=json.loads((self.run / "history.json").read_text()),
+            targets=[target_entry(t, target.budget) for t, target in zip(results, r.targets)],
+            versions=package_versions(),
+        ).as_json()
+        atomic_write_json(
+            self.run / "latency_samples.json",
+            {t.name: {"batch": 1, "samples_ms": t.latency_samples_ms} for t in results if t.latency_samples_ms},
+        )
         atomic_write_json(self.run / "report.json", report)
         write_gate_files(self.run.path, report)
         try:
             write_report_html(self.run.path)
         except Exception as exc:  # the gate's verdict must not hinge on drawing a plot
             log.exception("report.html")
-            self.console.print(f"[yellow]validate: report.html not written ({type(exc).__name__}: {exc}); "
-                               f"`edgedistill report {self.run.path}` retries")
+            self.console.print(
+                f"[yellow]validate: report.html not written ({type(exc).__name__}: {exc}); `edgedistill report {self.run.path}` retries"
+            )
         self.run.mark_done("validate", self.inputs("validate"), ["report.json", "latency_samples.json"])
 
     def run_stages(self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = ()) -> dict:
@@ -345,9 +427,17 @@ class Pipeline:
             self.run.clear()
             self._remove_distill_scratch()
         if main:
-            atomic_write_json(self.run / "run.json", {"recipe": self.recipe.model_dump(mode="json"), "seed": self.recipe.seed,
-                                                       "recipe_dir": str(self.recipe.base_dir.resolve()), "ranks": self.world.size,
-                                                       "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            atomic_write_json(
+                self.run / "run.json",
+                {
+                    "recipe": self.recipe.model_dump(mode="json"),
+                    "seed": self.recipe.seed,
+                    "recipe_dir": str(self.recipe.base_dir.resolve()),
+                    "ranks": self.world.size,
+                    "versions": package_versions(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
         last = max(STAGES.index(s) for s in stages)
         with _file_log(self.run / "run.log") if main else nullcontext(), _progress(self.console) as progress:
             for stage in STAGES[: last + 1]:
@@ -366,18 +456,22 @@ class Pipeline:
         return json.loads(report_path.read_text()) if main and "validate" in stages and report_path.exists() else {}
 
 
-def compress(recipe: Recipe | str | Path, run_dir: Path | str | None = None, fresh: bool = False,
-             stages: tuple[str, ...] = STAGES, console: Console | None = None) -> dict:
+def compress(
+    recipe: Recipe | str | Path,
+    run_dir: Path | str | None = None,
+    fresh: bool = False,
+    stages: tuple[str, ...] = STAGES,
+    console: Console | None = None,
+) -> dict:
     """Python API of `edgedistill compress`: returns the report (also written to RUN_DIR/report.json).
 
     Launched by torchrun, every process joins the process group; ranks other than 0 return {} after distill.
 
     Raises BudgetFailed when a target misses a budget, after the report is written.
     """
-    from .recipe import load_recipe
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    check_recipe(recipe)
     if not init_world(recipe.compute.device).main:
         console = Console(stderr=True, quiet=True)
     console = console or Console(stderr=True)
@@ -387,12 +481,7 @@ def compress(recipe: Recipe | str | Path, run_dir: Path | str | None = None, fre
         report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced)
     finally:
         close_world()
-    if report and not report["passed"]:
-        unavailable = [f"{t['name']}: {t['error']}" for t in report["targets"] if t["error"]]
-        failed = [f"{t['name']}: " + ", ".join(f"{v['budget']} {v['measured']:.4g} vs limit {v['limit']:.4g}"
-                                              for v in t["verdicts"] if not v["passed"])
-                  for t in report["targets"] if not t["passed"] and not t["error"]]
-        error = TargetUnavailable("; ".join(unavailable)) if unavailable else BudgetFailed("budget failed: " + "; ".join(failed))
-        error.report = report
+    error = gate_error(report) if report else None
+    if error is not None:
         raise error
     return report

@@ -4,6 +4,7 @@ The teacher the data-free examples distil from has to be reproducible on a lapto
 from data that ships in packages, so it trains on 5,000 digits with light affine augmentation.
 Writes teachers/mnist_lenet5.safetensors and teachers/mnist_lenet5.json (the facts of the run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,16 +15,16 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from edgedistill.models import count_parameters, create_model
-from edgedistill.sources import load_builtin
+from edgedistill.inputs.builtin import load_builtin
+from edgedistill.models.factory import count_parameters, create_model
 
 MEAN, STD = 0.1307, 0.3081
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +34,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return ((torch.from_numpy(images).float() / 255 - MEAN) / STD).unsqueeze(1)
 
 
-def random_affine(batch: torch.Tensor, generator: torch.Generator, degrees: float, scale: float,
-                  shift: float, shear: float) -> torch.Tensor:
+def random_affine(
+    batch: torch.Tensor, generator: torch.Generator, degrees: float, scale: float, shift: float, shear: float
+) -> torch.Tensor:
     """Small rotations, zooms, shears and shifts (shift in pixels), drawn per image, applied in one grid_sample."""
     n = batch.shape[0]
 
@@ -69,21 +71,29 @@ def training_arguments(description: str, epochs: int, out: Path) -> argparse.Arg
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads; one is as fast for a net this small, and fixes the order of float sums")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads; one is as fast for a net this small, and fixes the order of float sums"
+    )
     parser.add_argument("--out", type=Path, default=out)
     return parser
 
 
-def fit(images: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace, augment: dict, hflip: bool,
-        report: Callable[[int, float, torch.nn.Module], None], report_every: int) -> torch.nn.Module:
-    """LeNet-5 with AdamW + one-cycle and label smoothing 0.05 on `augment`ed batches (and mirrored halves with
-    `hflip`); `report(epoch, mean loss, model)` every `report_every` epochs and after the last."""
-    model = create_model("lenet5", num_classes=10, in_channels=1)
+def fit(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    args: argparse.Namespace,
+    augment: dict,
+    hflip: bool,
+    report: Callable[[int, float, torch.nn.Module], None],
+    report_every: int,
+    arch: str = "lenet5",
+) -> torch.nn.Module:
+    """`arch` (LeNet-5 by default) with AdamW + one-cycle and label smoothing 0.05 on `augment`ed batches (and mirrored
+    halves with `hflip`); `report(epoch, mean loss, model)` every `report_every` epochs and after the last."""
+    model = create_model(arch, num_classes=10, in_channels=1, image_size=images.shape[-1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(images) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                   steps_per_epoch=steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed)
     for epoch in range(args.epochs):
         model.train()
@@ -105,19 +115,27 @@ def fit(images: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace, au
     return model
 
 
-def save_teacher(model: torch.nn.Module, args: argparse.Namespace, facts: dict) -> None:
+def save_teacher(model: torch.nn.Module, args: argparse.Namespace, facts: dict, arch: str = "lenet5", size: int = 28) -> None:
     """Weights, and beside them the facts of the run with what every teacher records."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
     facts = {
-        "architecture": "lenet5", "num_classes": 10, "in_channels": 1, "input_size": [28, 28],
+        "architecture": arch,
+        "num_classes": 10,
+        "in_channels": 1,
+        "input_size": [size, size],
         "normalization": {"scale": "pixels / 255", "mean": MEAN, "std": STD},
-        "parameters": count_parameters(model), **facts,
-        "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+        "parameters": count_parameters(model),
+        **facts,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
         "optimizer": f"AdamW(lr={args.lr}, weight_decay={args.weight_decay}), OneCycleLR, label smoothing 0.05",
         "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), *sys.argv]),
-        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "python_version": platform.python_version(), "machine": platform.machine(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        "machine": platform.machine(),
     }
     args.out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
@@ -125,9 +143,13 @@ def save_teacher(model: torch.nn.Module, args: argparse.Namespace, facts: dict) 
 
 def main() -> None:
     parser = training_arguments(__doc__.splitlines()[0], 80, ROOT / "teachers" / "mnist_lenet5.safetensors")
-    parser.add_argument("--validate", type=int, default=0,
-                        help="hold out this many mnist-train digits and report on them instead of writing files "
-                             "(for choosing settings without looking at mnist-heldout)")
+    parser.add_argument(
+        "--validate",
+        type=int,
+        default=0,
+        help="hold out this many mnist-train digits and report on them instead of writing files "
+        "(for choosing settings without looking at mnist-heldout)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -139,8 +161,8 @@ def main() -> None:
     images, labels = to_tensor(train.images), torch.from_numpy(train.labels)
     if args.validate:
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
-        test_images, test_labels = images[order[:args.validate]], labels[order[:args.validate]]
-        images, labels = images[order[args.validate:]], labels[order[args.validate:]]
+        test_images, test_labels = images[order[: args.validate]], labels[order[: args.validate]]
+        images, labels = images[order[args.validate :]], labels[order[args.validate :]]
         test_name = f"{args.validate} mnist-train digits held out for validation"
     else:
         heldout = load_builtin("mnist-heldout")
@@ -157,12 +179,21 @@ def main() -> None:
     print(f"{test_name} accuracy: {test_accuracy:.4f} ({len(test_images)} digits), trained in {seconds:.0f} s")
     if args.validate:
         return
-    save_teacher(model, args, {
-        "class_names": train.class_names, "train_source": "mnist-train", "train_size": len(images),
-        "heldout_source": "mnist-heldout", "heldout_size": len(test_images), "heldout_accuracy": round(test_accuracy, 4),
-        "augmentation": {"random_affine": augment},
-        "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-    })
+    save_teacher(
+        model,
+        args,
+        {
+            "class_names": train.class_names,
+            "train_source": "mnist-train",
+            "train_size": len(images),
+            "heldout_source": "mnist-heldout",
+            "heldout_size": len(test_images),
+            "heldout_accuracy": round(test_accuracy, 4),
+            "augmentation": {"random_affine": augment},
+            "train_seconds": round(seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

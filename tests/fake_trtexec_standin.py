@@ -18,16 +18,52 @@ import time
 
 VERSION_TAG = "[TensorRT v100300]"
 KNOWN_VALUE_OPTIONS = {
-    "--onnx", "--loadEngine", "--saveEngine", "--shapes", "--minShapes", "--optShapes", "--maxShapes",
-    "--warmUp", "--iterations", "--duration", "--percentile", "--avgRuns", "--exportTimes", "--exportOutput",
-    "--exportProfile", "--exportLayerInfo", "--loadInputs", "--memPoolSize", "--device", "--timingCacheFile",
-    "--builderOptimizationLevel", "--infStreams", "--inputIOFormats", "--outputIOFormats", "--useDLACore",
-    "--staticPlugins", "--profilingVerbosity", "--sleepTime", "--idleTime",
+    "--onnx",
+    "--loadEngine",
+    "--saveEngine",
+    "--shapes",
+    "--minShapes",
+    "--optShapes",
+    "--maxShapes",
+    "--warmUp",
+    "--iterations",
+    "--duration",
+    "--percentile",
+    "--avgRuns",
+    "--exportTimes",
+    "--exportOutput",
+    "--exportProfile",
+    "--exportLayerInfo",
+    "--loadInputs",
+    "--memPoolSize",
+    "--device",
+    "--timingCacheFile",
+    "--builderOptimizationLevel",
+    "--infStreams",
+    "--inputIOFormats",
+    "--outputIOFormats",
+    "--useDLACore",
+    "--staticPlugins",
+    "--profilingVerbosity",
+    "--sleepTime",
+    "--idleTime",
 }
 KNOWN_FLAG_OPTIONS = {
-    "--fp16", "--int8", "--bf16", "--best", "--noTF32", "--stronglyTyped", "--verbose", "--useSpinWait",
-    "--noDataTransfers", "--useCudaGraph", "--separateProfileRun", "--dumpProfile", "--dumpOutput",
-    "--skipInference", "--allowGPUFallback",
+    "--fp16",
+    "--int8",
+    "--bf16",
+    "--best",
+    "--noTF32",
+    "--stronglyTyped",
+    "--verbose",
+    "--useSpinWait",
+    "--noDataTransfers",
+    "--useCudaGraph",
+    "--separateProfileRun",
+    "--dumpProfile",
+    "--dumpOutput",
+    "--skipInference",
+    "--allowGPUFallback",
 }
 INT_OPTIONS = {"--warmUp", "--iterations", "--duration", "--avgRuns", "--device", "--infStreams"}
 
@@ -134,11 +170,18 @@ def synthetic_trace(n: int) -> list[dict[str, float]]:
         h2d, compute, d2h = 0.05, 1.0 + 0.01 * (i % 10), 0.02
         start = clock
         rec = {
-            "startEnqMs": start, "endEnqMs": start + 0.1,
-            "startH2dMs": start + 0.1, "endH2dMs": start + 0.1 + h2d,
-            "startComputeMs": start + 0.1 + h2d, "endComputeMs": start + 0.1 + h2d + compute,
-            "startD2hMs": start + 0.1 + h2d + compute, "endD2hMs": start + 0.1 + h2d + compute + d2h,
-            "h2dMs": h2d, "computeMs": compute, "d2hMs": d2h, "latencyMs": h2d + compute + d2h,
+            "startEnqMs": start,
+            "endEnqMs": start + 0.1,
+            "startH2dMs": start + 0.1,
+            "endH2dMs": start + 0.1 + h2d,
+            "startComputeMs": start + 0.1 + h2d,
+            "endComputeMs": start + 0.1 + h2d + compute,
+            "startD2hMs": start + 0.1 + h2d + compute,
+            "endD2hMs": start + 0.1 + h2d + compute + d2h,
+            "h2dMs": h2d,
+            "computeMs": compute,
+            "d2hMs": d2h,
+            "latencyMs": h2d + compute + d2h,
         }
         records.append(rec)
         clock = rec["endD2hMs"]
@@ -174,8 +217,10 @@ def stats_line(name: str, values: list[float], percentiles: list[float]) -> str:
     ordered = sorted(values)
     median = ordered[len(ordered) // 2]
     parts = [
-        f"min = {fmt(ordered[0])} ms", f"max = {fmt(ordered[-1])} ms",
-        f"mean = {fmt(sum(values) / len(values))} ms", f"median = {fmt(median)} ms",
+        f"min = {fmt(ordered[0])} ms",
+        f"max = {fmt(ordered[-1])} ms",
+        f"mean = {fmt(sum(values) / len(values))} ms",
+        f"median = {fmt(median)} ms",
     ]
     parts += [f"percentile({p:g}%) = {fmt(percentile(ordered, p))} ms" for p in percentiles]
     return f"{name}: " + ", ".join(parts)
@@ -193,8 +238,11 @@ def benchmark(opts: dict[str, str]) -> None:
     column = {k: [r[k] for r in records] for k in ("latencyMs", "h2dMs", "computeMs", "d2hMs")}
     enqueue = [r["endEnqMs"] - r["startEnqMs"] for r in records]
     for name, values in (
-        ("Latency", column["latencyMs"]), ("Enqueue Time", enqueue), ("H2D Latency", column["h2dMs"]),
-        ("GPU Compute Time", column["computeMs"]), ("D2H Latency", column["d2hMs"]),
+        ("Latency", column["latencyMs"]),
+        ("Enqueue Time", enqueue),
+        ("H2D Latency", column["h2dMs"]),
+        ("GPU Compute Time", column["computeMs"]),
+        ("D2H Latency", column["d2hMs"]),
     ):
         log("I", stats_line(name, values, percentiles))
     log("I", f"Total Host Walltime: {fmt(walltime_s)} s")

@@ -1,4 +1,5 @@
 """Real image files of every awkward kind, written with Pillow, for pool and eval tests."""
+
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,17 @@ def write_odd_images(folder: Path) -> dict[str, bool]:
     (folder / "zero_bytes.png").write_bytes(b"")
     (folder / "not_an_image.jpg").write_text("this is text, not a JPEG")
     (folder / "notes.txt").write_text("ignored: not an image suffix")
-    return {"gray.png": True, "rgb.jpg": True, "rgba.png": True, "cmyk.jpg": True, "deep16.png": True,
-            "palette.gif": True, "one_pixel.bmp": True, "very_wide.webp": True, "nested/deeper/UPPER.PNG": True,
-            "truncated.jpg": False, "zero_bytes.png": False, "not_an_image.jpg": False}
+    return {
+        "gray.png": True,
+        "rgb.jpg": True,
+        "rgba.png": True,
+        "cmyk.jpg": True,
+        "deep16.png": True,
+        "palette.gif": True,
+        "one_pixel.bmp": True,
+        "very_wide.webp": True,
+        "nested/deeper/UPPER.PNG": True,
+        "truncated.jpg": False,
+        "zero_bytes.png": False,
+        "not_an_image.jpg": False,
+    }

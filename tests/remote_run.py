@@ -1,4 +1,5 @@
 """A small run with a local and an ssh target, compressed once per session and re-gated by several tests."""
+
 from __future__ import annotations
 
 import shutil
@@ -20,10 +21,10 @@ def make_teacher(path: Path) -> Path:
         return path
     from safetensors.torch import save_file
 
-    from edgedistill.models import create_model
-    from edgedistill.pool import convert_array, normalize
-    from edgedistill.recipe import InputSpec
-    from edgedistill.sources import load_builtin
+    from edgedistill.config.schema import InputSpec
+    from edgedistill.inputs.builtin import load_builtin
+    from edgedistill.inputs.images import convert_array, normalize
+    from edgedistill.models.factory import create_model
 
     spec = InputSpec(channels=1, size=28, mean=[0.1307], std=[0.3081])
     digits = load_builtin("sklearn-digits")
@@ -41,16 +42,30 @@ def make_teacher(path: Path) -> Path:
 
 
 def ssh_target_entry(server, **extra) -> dict:
-    return {"name": "board", "ssh": server.destination, "ssh_config": str(server.config_path), "remote_python": sys.executable,
-            "threads": 1, "warmup": 2, "iterations": 30, "timeout_s": 60, "budget": {"p99_ms": 1000.0}, **extra}
+    return {
+        "name": "board",
+        "ssh": server.destination,
+        "ssh_config": str(server.config_path),
+        "remote_python": sys.executable,
+        "threads": 1,
+        "warmup": 2,
+        "iterations": 30,
+        "timeout_s": 60,
+        "budget": {"p99_ms": 1000.0},
+        **extra,
+    }
 
 
 def write_recipe(folder: Path, server) -> Path:
     recipe = {
         "name": "remote-gate",
         "seed": 0,
-        "teacher": {"arch": "lenet5", "weights": "teacher.safetensors", "num_classes": 10,
-                    "input": {"channels": 1, "size": 28, "mean": [0.1307], "std": [0.3081]}},
+        "teacher": {
+            "arch": "lenet5",
+            "weights": "teacher.safetensors",
+            "num_classes": 10,
+            "input": {"channels": 1, "size": 28, "mean": [0.1307], "std": [0.3081]},
+        },
         "pool": [{"builtin": "sklearn-digits", "count": 400}],
         "select": {"per_class": 20, "batch_size": 200},
         "student": {"arch": "lenet5_half"},

@@ -169,10 +169,7 @@ def _sshd_config(root: Path, port: int, user: str, host_key: Path, authorized: P
         "Subsystem": "sftp internal-sftp",
         "SetEnv": _cfg_value(f"HOME={home}"),
     }
-    return "".join(
-        f"{key} {value if key in ('Subsystem', 'SetEnv') else _cfg_value(value)}\n"
-        for key, value in options.items()
-    )
+    return "".join(f"{key} {value if key in ('Subsystem', 'SetEnv') else _cfg_value(value)}\n" for key, value in options.items())
 
 
 def start_sshd(root: Path, *, attempts: int = 5, ready_timeout_s: float = 10.0) -> SSHServer:

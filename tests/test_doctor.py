@@ -1,4 +1,5 @@
 """`edgedistill doctor`: what this machine can run, as a table and as JSON, without failing on what it lacks."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 from typer.testing import CliRunner
 
+from edgedistill.backends import RUNTIMES
 from edgedistill.cli import app
 from edgedistill.doctor import collect_facts, facts_table
 
@@ -23,26 +25,28 @@ def test_doctor_json_lists_runtimes_providers_gpus_and_cpu(tmp_path, monkeypatch
     result = CliRunner().invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
     facts = json.loads(result.output)
-    assert set(facts) == {"onnxruntime", "tensorrt_python", "trtexec", "torch_cuda", "nvidia_smi", "gpu_packages", "cpu"}
-    assert facts["onnxruntime"]["version"] == ort.__version__
-    assert facts["onnxruntime"]["providers"] == ort.get_available_providers()
-    assert facts["onnxruntime"]["runtime_aliases"]["cpu"] is True
-    assert facts["trtexec"]["path"] == str(wrapper) and facts["trtexec"]["tensorrt"] == "10.3.0"
+    assert set(facts) == {"runtimes", "torch_cuda", "nvidia_smi", "gpu_packages", "cpu"}
+    assert list(facts["runtimes"]) == list(RUNTIMES)  # every runtime of the table, and only those
+    ort_facts = facts["runtimes"]["onnxruntime"]
+    assert ort_facts["usable"] and ort_facts["version"] == ort.__version__
+    assert ort_facts["providers"] == ort.get_available_providers() and ort_facts["provider_aliases"]["cpu"] is True
+    trtexec = facts["runtimes"]["trtexec"]
+    assert trtexec["usable"] and trtexec["path"] == str(wrapper) and trtexec["tensorrt"] == "10.3.0"
+    assert facts["runtimes"]["openvino"]["usable"] and facts["runtimes"]["openvino"]["version"]
     assert "available" in facts["torch_cuda"] and "found" in facts["nvidia_smi"]
     assert facts["cpu"]["usable_cpus"] >= 1 and facts["cpu"]["cpus"] >= 1
-    if not facts["tensorrt_python"]["installed"]:
-        assert "tensorrt" in facts["tensorrt_python"]["error"]
+    if not facts["runtimes"]["tensorrt"]["usable"]:
+        assert "tensorrt" in facts["runtimes"]["tensorrt"]["detail"].lower()
 
 
 def test_doctor_table_says_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("edgedistill.engines.DEFAULT_TRTEXEC", str(tmp_path / "none"))
-    monkeypatch.setattr("edgedistill.doctor.DEFAULT_TRTEXEC", str(tmp_path / "none"))
+    monkeypatch.setattr("edgedistill.backends.trtexec.runner.DEFAULT_TRTEXEC", str(tmp_path / "none"))
     facts = collect_facts()
-    assert facts["trtexec"]["uses"] is None and facts["nvidia_smi"] == {"found": False}
+    assert not facts["runtimes"]["trtexec"]["usable"] and facts["nvidia_smi"] == {"found": False}
     result = CliRunner().invoke(app, ["doctor"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    for row in ("runtime onnxruntime", "runtime tensorrt", "runtime trtexec", "torch.cuda", "nvidia-smi", "CPU"):
+    for row in [f"runtime {name}" for name in RUNTIMES] + ["torch.cuda", "nvidia-smi", "CPU"]:
         assert row in result.output
-    assert "not on PATH nor at" in result.output
+    assert "not on PATH nor at" in result.output and "install TensorRT" in result.output
     assert facts_table(facts).row_count >= 8

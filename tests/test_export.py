@@ -1,5 +1,6 @@
 """Deployment artifacts: the fp32 export (TorchScript, or dynamo where TorchScript cannot), the INT8 copy
 calibrated on selected samples with its accuracy drop measured, and the `quantize` command for any ONNX model."""
+
 from __future__ import annotations
 
 import functools
@@ -17,13 +18,18 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
+from edgedistill.config.load import recipe_from_dict
+from edgedistill.config.schema import Budget, InputSpec
 from edgedistill.errors import BadInput
-from edgedistill.export import check_parity, export_onnx, onnx_metadata, onnx_opset
-from edgedistill.models import create_model, load_weights
-from edgedistill.quantize import quantize_int8
-from edgedistill.recipe import Budget, InputSpec, recipe_from_dict
-from edgedistill.sources import load_builtin
-from edgedistill.validate import EvalSet, budget_verdicts, measure_int8
+from edgedistill.extensions import check_recipe
+from edgedistill.inputs.builtin import load_builtin
+from edgedistill.inputs.labeled import EvalSet
+from edgedistill.models.checkpoint import load_weights
+from edgedistill.models.factory import create_model
+from edgedistill.models.onnx_info import onnx_info
+from edgedistill.stages.export import check_parity, export_onnx
+from edgedistill.stages.quantize import quantize_int8
+from edgedistill.stages.validate import budget_verdicts, measure_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "teachers" / "mnist_lenet5.safetensors"
@@ -83,9 +89,9 @@ def fp32_model(tmp_path_factory) -> Path:
 def test_export_is_self_describing_opset17_with_dynamic_batch(fp32_model):
     proto = onnx.load(str(fp32_model))
     onnx.checker.check_model(proto, full_check=True)
-    assert onnx_opset(proto) >= 17
+    assert onnx_info(fp32_model).opset >= 17
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    meta = onnx_metadata(fp32_model)
+    meta = onnx_info(fp32_model).metadata
     assert meta["mean"] == MNIST.mean and meta["std"] == MNIST.std and meta["class_names"] == CLASSES
     assert meta["input_layout"] == "NCHW" and meta["exporter"] == "torchscript" and meta["edgedistill_version"]
     parity = check_parity(trained_lenet5(), fp32_model, heldout(100).images, MNIST)
@@ -100,8 +106,8 @@ def test_lenet5_at_32x32_falls_back_to_dynamo_and_stays_one_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5_32.onnx"]
     proto = onnx.load(str(out), load_external_data=False)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    assert onnx_opset(proto) >= 17
-    meta = onnx_metadata(out)
+    assert onnx_info(out).opset >= 17
+    meta = onnx_info(out).metadata
     assert meta["exporter"] == "dynamo" and meta["mean"] == [0.5] and meta["class_names"] == CLASSES
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": np.zeros((3, 1, 32, 32), np.float32)})[0].shape == (3, 10)
@@ -120,8 +126,9 @@ def test_int8_on_ort_cpu_costs_little_accuracy_and_is_budgeted(fp32_model, tmp_p
     assert summary["basis"] == "accuracy" and summary["samples"] == 1000
     assert summary["fp32"] > 0.9 and summary["drop"] == pytest.approx(reference.cpu_drop)
     assert summary["drop"] <= 0.02 and summary["int8_agrees_with_fp32"] >= 0.97
-    loose, strict = (budget_verdicts(Budget(max_int8_drop=limit), 1.0, summary["int8"], None, None,
-                                     (reference.cpu_drop, "cpu")) for limit in (0.02, 0.0))
+    loose, strict = (
+        budget_verdicts(Budget(max_int8_drop=limit), 1.0, summary["int8"], None, None, (reference.cpu_drop, "cpu")) for limit in (0.02, 0.0)
+    )
     assert loose[0]["passed"] and loose[0]["measured"] == reference.cpu_drop
     assert strict[0]["passed"] is (reference.cpu_drop <= 0)
     missing = budget_verdicts(Budget(max_int8_drop=0.5), 1.0, 0.9, None, None)
@@ -136,23 +143,23 @@ def test_recipe_export_section_and_int8_budget(tmp_path):
     data["export"] = {"int8": {"enabled": False}}
     data["targets"][0]["budget"]["max_int8_drop"] = 0.01
     with pytest.raises(BadInput, match="export.int8.enabled is false"):
-        recipe_from_dict(data)
+        check_recipe(recipe_from_dict(data))
     data["export"] = {"int8": {"method": "kl"}}
     with pytest.raises(BadInput, match="export.int8.method"):
         recipe_from_dict(data)
     data["export"] = {}
     data["targets"][0].update(precision="fp16")
     with pytest.raises(BadInput, match="fp16 needs runtime"):
-        recipe_from_dict(data)
+        check_recipe(recipe_from_dict(data))
     data["targets"][0].update(precision="int8")
     assert recipe_from_dict(data).targets[0].precision == "int8"
 
 
 def test_pipeline_export_writes_int8_and_validate_reports_its_drop(tmp_path):
     """export + validate stages on a finished distill: INT8 calibrated on selected.npz, drop in report.json."""
+    from edgedistill.atomic import atomic_write_json
     from edgedistill.pipeline import Pipeline, save_student
-    from edgedistill.rundir import atomic_write_json
-    from edgedistill.select import Selection, save_selection
+    from edgedistill.results.selection import Selection, save_selection
 
     data = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     weights = tmp_path / "lenet5.safetensors"
@@ -165,8 +172,14 @@ def test_pipeline_export_writes_int8_and_validate_reports_its_drop(tmp_path):
     data["export"] = {"int8": {"samples": 128}}
     data["targets"] = [
         {"name": "cpu", "threads": 1, "iterations": 20, "warmup": 2, "budget": {"max_int8_drop": 0.05}},
-        {"name": "cpu-int8", "precision": "int8", "threads": 1, "iterations": 20, "warmup": 2,
-         "budget": {"max_int8_drop": 0.05, "min_accuracy": 0.5}},
+        {
+            "name": "cpu-int8",
+            "precision": "int8",
+            "threads": 1,
+            "iterations": 20,
+            "warmup": 2,
+            "budget": {"max_int8_drop": 0.05, "min_accuracy": 0.5},
+        },
     ]
     recipe = recipe_from_dict(data)
     pipeline = Pipeline(recipe, tmp_path / "run", Console(quiet=True))
@@ -214,7 +227,7 @@ def test_quantize_command_end_to_end(fp32_model, tmp_path):
     assert "48 calibration images" in result.output and "1 unreadable" in result.output
     proto = onnx.load(str(made))
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-    assert onnx_metadata(made)["mean"] == MNIST.mean
+    assert onnx_info(made).metadata["mean"] == MNIST.mean
 
     result = runner.invoke(app, ["quantize", str(fp32_model), "--calib", str(calib), "--for-tensorrt", "--method", "entropy"])
     assert result.exit_code == 0, result.output
@@ -223,14 +236,18 @@ def test_quantize_command_end_to_end(fp32_model, tmp_path):
     foreign = _strip_metadata(fp32_model, tmp_path / "foreign.onnx")
     result = runner.invoke(app, ["quantize", str(foreign), "--calib", str(calib)])
     assert result.exit_code == 2 and "--mean" in result.output and len(result.output.strip().splitlines()) == 1
-    result = runner.invoke(app, ["quantize", str(foreign), "--calib", str(calib), "--mean", "0.1307", "--std", "0.3081",
-                                 "--out", str(tmp_path / "out" / "q.onnx")])
+    result = runner.invoke(
+        app,
+        ["quantize", str(foreign), "--calib", str(calib), "--mean", "0.1307", "--std", "0.3081", "--out", str(tmp_path / "out" / "q.onnx")],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "q.onnx").is_file()
 
-    for argv, needle in ((["quantize", str(tmp_path / "missing.onnx"), "--calib", str(calib)], "does not exist"),
-                         (["quantize", str(fp32_model), "--calib", str(tmp_path / "nowhere")], "calibration folder"),
-                         (["quantize", str(fp32_model), "--calib", str(calib), "--method", "kl"], "unknown calibration method"),
-                         (["quantize", str(made), "--calib", str(calib), "--out", str(tmp_path / "x.onnx")], "already quantized")):
+    for argv, needle in (
+        (["quantize", str(tmp_path / "missing.onnx"), "--calib", str(calib)], "does not exist"),
+        (["quantize", str(fp32_model), "--calib", str(tmp_path / "nowhere")], "not a directory of calibration images"),
+        (["quantize", str(fp32_model), "--calib", str(calib), "--method", "kl"], "unknown calibration method"),
+        (["quantize", str(made), "--calib", str(calib), "--out", str(tmp_path / "x.onnx")], "already quantized"),
+    ):
         result = runner.invoke(app, argv)
         assert result.exit_code == 2 and needle in result.output, result.output

@@ -1,4 +1,5 @@
 """The CI gate: exit codes, junit.xml, summary.md, and re-gating a finished run without redoing its stages."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.gate import exit_code, junit_xml, summary_markdown
+from edgedistill.config.load import load_recipe
 from edgedistill.pipeline import Pipeline
-from edgedistill.recipe import load_recipe
+from edgedistill.results.gate import junit_xml, summary_markdown
+from edgedistill.results.report import exit_code
 
 
 def verdict(budget: str, measured: float, limit: float, passed: bool, basis: str = "accuracy") -> dict:
@@ -21,24 +23,40 @@ def verdict(budget: str, measured: float, limit: float, passed: bool, basis: str
 
 
 def target(name: str, verdicts: list[dict], error: str | None = None, budget: dict | None = None) -> dict:
-    return {"name": name, "runtime": "onnxruntime", "accuracy": None if error else 0.9, "agreement": None if error else 0.95,
-            "latency": None if error else {"p50_ms": 1.0, "p99_ms": 1.5}, "throughput": None,
-            "facts": {} if error else {"device_model": "NVIDIA Orin Nano Developer Kit"}, "verdicts": verdicts, "error": error,
-            "passed": error is None and all(v["passed"] for v in verdicts),
-            "budget": budget if budget is not None else {v["budget"]: v["limit"] for v in verdicts}}
+    return {
+        "name": name,
+        "runtime": "onnxruntime",
+        "accuracy": None if error else 0.9,
+        "agreement": None if error else 0.95,
+        "latency": None if error else {"p50_ms": 1.0, "p99_ms": 1.5},
+        "throughput": None,
+        "facts": {} if error else {"device_model": "NVIDIA Orin Nano Developer Kit"},
+        "verdicts": verdicts,
+        "error": error,
+        "passed": error is None and all(v["passed"] for v in verdicts),
+        "budget": budget if budget is not None else {v["budget"]: v["limit"] for v in verdicts},
+    }
 
 
 def report(*targets: dict) -> dict:
-    return {"name": "demo", "passed": all(t["passed"] for t in targets), "targets": list(targets),
-            "eval": {"name": "builtin:mnist-heldout", "samples": 100, "labeled": True},
-            "teacher": {"arch": "lenet5", "parameters": 61706, "accuracy": 0.97},
-            "student": {"arch": "lenet5_half", "parameters": 15738, "onnx_bytes": 65536}}
+    return {
+        "name": "demo",
+        "passed": all(t["passed"] for t in targets),
+        "targets": list(targets),
+        "eval": {"name": "builtin:mnist-heldout", "samples": 100, "labeled": True},
+        "teacher": {"arch": "lenet5", "parameters": 61706, "accuracy": 0.97},
+        "student": {"arch": "lenet5_half", "parameters": 15738, "onnx_bytes": 65536},
+    }
 
 
 PASSING = target("orin", [verdict("p99_ms", 1.5, 2.0, True, "latency at batch 1"), verdict("min_accuracy", 0.9, 0.85, True)])
 FAILING = target("nano", [verdict("p99_ms", 3.214, 2.0, False, "latency at batch 1"), verdict("min_accuracy", 0.9, 0.85, True)])
-UNAVAILABLE = target("xavier", [], error="xavier: connection refused (ssh: connect to host 10.0.0.9 port 22: Connection refused).",
-                     budget={"p99_ms": 2.0, "max_accuracy_drop": 0.05})
+UNAVAILABLE = target(
+    "xavier",
+    [],
+    error="xavier: connection refused (ssh: connect to host 10.0.0.9 port 22: Connection refused).",
+    budget={"p99_ms": 2.0, "max_accuracy_drop": 0.05},
+)
 
 
 def cases(xml_text: str) -> dict[tuple[str, str], ET.Element]:
@@ -60,8 +78,14 @@ def test_junit_one_testcase_per_target_and_budget():
     suite = root.find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("6", "1", "2")
     found = cases(text)
-    assert sorted(found) == [("nano", "min_accuracy"), ("nano", "p99_ms"), ("orin", "min_accuracy"), ("orin", "p99_ms"),
-                             ("xavier", "max_accuracy_drop"), ("xavier", "p99_ms")]
+    assert sorted(found) == [
+        ("nano", "min_accuracy"),
+        ("nano", "p99_ms"),
+        ("orin", "min_accuracy"),
+        ("orin", "p99_ms"),
+        ("xavier", "max_accuracy_drop"),
+        ("xavier", "p99_ms"),
+    ]
     failure = found[("nano", "p99_ms")].find("failure")
     assert failure.get("message") == "p99_ms: measured 3.214 ms > limit 2 ms (latency at batch 1)"
     assert found[("orin", "p99_ms")].find("failure") is None
@@ -73,7 +97,7 @@ def test_junit_one_testcase_per_target_and_budget():
 
 
 def test_junit_stays_valid_xml_with_control_characters_and_no_budgets():
-    odd = target("cpu<&>", [], error="bad\x1b[31m escape \x00 and \"quotes\"", budget={})
+    odd = target("cpu<&>", [], error='bad\x1b[31m escape \x00 and "quotes"', budget={})
     bare = target("plain", [], budget={})
     found = cases(junit_xml(report(odd, bare)))
     assert found[("cpu<&>", "available")].find("error") is not None
@@ -90,8 +114,10 @@ def test_summary_markdown_table():
 
 def test_targets_and_budgets_are_inputs_of_validate_only(compressed_run, tmp_path):
     recipe = load_recipe(compressed_run.recipe)
-    changed = load_recipe(compressed_run.recipe, ["targets.0.budget.p99_ms=0.5", "targets.1.ssh=elsewhere",
-                                                  "targets.1.runtime=trtexec", "targets.1.precision=fp16"])
+    changed = load_recipe(
+        compressed_run.recipe,
+        ["targets.0.budget.p99_ms=0.5", "targets.1.ssh=elsewhere", "targets.1.runtime=trtexec", "targets.1.precision=fp16"],
+    )
     before = Pipeline(recipe, compressed_run.run_dir, Console(quiet=True))
     after = Pipeline(changed, compressed_run.run_dir, Console(quiet=True))
     for stage in ("select", "distill", "export"):
@@ -103,8 +129,9 @@ def test_targets_and_budgets_are_inputs_of_validate_only(compressed_run, tmp_pat
 def test_budget_failure_exits_3_and_reuses_the_trained_student(compressed_run, tmp_path):
     run = compressed_run.copy(tmp_path)
     records = {p.name: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json") if p.stem != "validate"}
-    result = CliRunner().invoke(app, ["validate", str(compressed_run.recipe), "--run-dir", str(run), "--target", "cpu",
-                                      "--set", "targets.0.budget.p99_ms=0.0001"])
+    result = CliRunner().invoke(
+        app, ["validate", str(compressed_run.recipe), "--run-dir", str(run), "--target", "cpu", "--set", "targets.0.budget.p99_ms=0.0001"]
+    )
     assert result.exit_code == 3, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: budget failed: cpu: p99_ms"), result.output
@@ -121,12 +148,16 @@ def test_budget_failure_exits_3_and_reuses_the_trained_student(compressed_run, t
     assert [t["name"] for t in recorded["targets"]] == ["cpu"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["validate"], "validate needs a RECIPE, or --run-dir DIR"),
-    (["validate", "--run-dir", "{tmp}/nowhere"], "no run.json"),
-    (["validate", "--run-dir", "{run}", "--target", "gpu"], "--target gpu: no such target; the recipe has cpu, board"),
-    (["report", "{tmp}"], "no report.json"),
-], ids=["nothing", "not-a-run", "unknown-target", "report-without-run"])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["validate"], "validate needs a RECIPE, or --run-dir DIR"),
+        (["validate", "--run-dir", "{tmp}/nowhere"], "no run.json"),
+        (["validate", "--run-dir", "{run}", "--target", "gpu"], "--target gpu: no such target; the recipe has cpu, board"),
+        (["report", "{tmp}"], "no report.json"),
+    ],
+    ids=["nothing", "not-a-run", "unknown-target", "report-without-run"],
+)
 def test_bad_gate_arguments_exit_2(compressed_run, tmp_path, args, expected):
     args = [a.format(tmp=tmp_path, run=compressed_run.run_dir) for a in args]
     result = CliRunner().invoke(app, args)
@@ -137,8 +168,17 @@ def test_bad_gate_arguments_exit_2(compressed_run, tmp_path, args, expected):
 def test_recipe_schema_lists_remote_target_keys():
     result = CliRunner().invoke(app, ["recipe-schema"])
     target_schema = json.loads(result.output)["$defs"]["TargetSpec"]["properties"]
-    assert {"ssh", "ssh_config", "known_hosts", "host_key_policy", "runtime", "precision", "remote_python", "trtexec",
-            "timeout_s"} <= target_schema.keys()
+    assert {
+        "ssh",
+        "ssh_config",
+        "known_hosts",
+        "host_key_policy",
+        "runtime",
+        "precision",
+        "remote_python",
+        "trtexec",
+        "timeout_s",
+    } <= target_schema.keys()
 
 
 def test_precision_needs_trtexec(tmp_path, compressed_run):

@@ -1,9 +1,11 @@
 """Class-drop math and loss invariants, with golden values on fixed inputs."""
-import torch
-from hypothesis import given, settings, strategies as st
 
-from edgedistill.class_drop import drop_classes
-from edgedistill.losses import FeatureLoss, KDLoss, RelationLoss
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgedistill.stages.class_drop import drop_classes
+from edgedistill.stages.losses import FeatureLoss, KDLoss, RelationLoss
 
 
 def test_drop_classes_keeps_top_k_and_renormalizes():

@@ -1,4 +1,5 @@
 """End to end: `compress` on a tiny recipe with real ONNX Runtime; resume after a run is killed."""
+
 import json
 import os
 import signal
@@ -13,8 +14,8 @@ from typer.testing import CliRunner
 
 import edgedistill
 from edgedistill.cli import app
+from edgedistill.config.load import load_recipe
 from edgedistill.errors import BudgetFailed
-from edgedistill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "teachers" / "mnist_lenet5.safetensors"
@@ -27,8 +28,15 @@ def tiny_recipe(tmp_path: Path, budget: dict | None = None, **distill) -> Path:
     data["select"] = {"strategy": "balanced", "per_class": 60}
     data["distill"].update({"epochs": 3, "batch_size": 32, **distill})
     data["eval"] = {"labeled": "builtin:mnist-heldout", "limit": 500}
-    data["targets"] = [{"name": "cpu", "runtime": "onnxruntime", "threads": 1, "iterations": 30,
-                        "budget": {"p99_ms": 50.0, "min_accuracy": 0.2} if budget is None else budget}]
+    data["targets"] = [
+        {
+            "name": "cpu",
+            "runtime": "onnxruntime",
+            "threads": 1,
+            "iterations": 30,
+            "budget": {"p99_ms": 50.0, "min_accuracy": 0.2} if budget is None else budget,
+        }
+    ]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -44,8 +52,18 @@ def finished_run(tmp_path_factory):
 
 def test_compress_writes_every_artifact(finished_run):
     _, run, report = finished_run
-    for name in ("selected.npz", "selection.json", "student.safetensors", "student.json", "history.json",
-                 "student.onnx", "parity.json", "report.json", "run.json", "run.log"):
+    for name in (
+        "selected.npz",
+        "selection.json",
+        "student.safetensors",
+        "student.json",
+        "history.json",
+        "student.onnx",
+        "parity.json",
+        "report.json",
+        "run.json",
+        "run.log",
+    ):
         assert (run / name).is_file(), name
     on_disk = json.loads((run / "report.json").read_text())
     assert on_disk["passed"] is report["passed"] is True
@@ -71,7 +89,7 @@ def test_rerun_skips_finished_stages_and_budget_exit_code(finished_run, tmp_path
     assert strict.exit_code == 3, strict.output
     assert "min_accuracy" in strict.output and "select: up to date" in strict.output and "distill: up to date" in strict.output
     with pytest.raises(BudgetFailed):
-        edgedistill.compress(edgedistill.recipe.load_recipe(recipe, ["targets.0.budget.p99_ms=0.000001"]), run_dir=run)
+        edgedistill.compress(load_recipe(recipe, ["targets.0.budget.p99_ms=0.000001"]), run_dir=run)
 
 
 def _wait_for(folder: Path, proc: subprocess.Popen, pattern: str, timeout: float = 120) -> None:

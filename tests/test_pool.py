@@ -1,10 +1,11 @@
 """Folder pools: every image mode is converted to the teacher's input; broken files are skipped and counted."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgedistill.pool import UnreadableImage, convert_array, decode_image, list_images
-from edgedistill.recipe import InputSpec
+from edgedistill.config.schema import InputSpec
+from edgedistill.inputs.images import UnreadableImage, convert_array, decode_image, iter_images
 from tests.images import write_odd_images
 
 GRAY = InputSpec(channels=1, size=28, mean=[0.5], std=[0.5])
@@ -41,7 +42,7 @@ def test_alpha_is_composited_on_black(tmp_path):
 
 def test_listing_is_recursive_and_case_insensitive(odd):
     folder, expected = odd
-    names = {p.relative_to(folder).as_posix() for p in list_images(folder)}
+    names = {p.relative_to(folder).as_posix() for p in iter_images(folder)}
     assert names == set(expected)
 
 

@@ -4,15 +4,16 @@ The fp32 model is exported with the legacy TorchScript exporter (`dynamo=False`)
 `edgedistill.export`: it still works in torch 2.14.1 (with a deprecation warning) and takes a
 fraction of a second where the dynamo exporter takes several.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
-import logging
 import warnings
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -21,10 +22,14 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 from PIL import Image
+from typer.testing import CliRunner
 
+from edgedistill.cli import app
 from edgedistill.errors import BadInput
-from edgedistill.models import create_model
-from edgedistill.quantize import load_calibration_folder, onnx_input_spec, quantize_int8
+from edgedistill.inputs.images import sample_folder
+from edgedistill.models.factory import create_model
+from edgedistill.models.onnx_info import onnx_info
+from edgedistill.stages.quantize import quantize_int8
 
 MEAN, STD = [0.5], [0.5]
 METHODS = ["minmax", "entropy", "percentile"]
@@ -75,8 +80,14 @@ def trained(tmp_path_factory) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (torch.zeros(2, 1, 28, 28),), str(path), input_names=["input"], output_names=["logits"],
-                opset_version=17, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                model,
+                (torch.zeros(2, 1, 28, 28),),
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=17,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
             )
     finally:
         torch.set_num_threads(threads)
@@ -105,7 +116,8 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def test_exported_model_has_dynamic_batch(trained):
-    assert onnx_input_spec(trained["fp32"]) == ("input", 1, 28, 28)
+    info = onnx_info(trained["fp32"])
+    assert (info.input_name, *info.image_input("quantization")) == ("input", 1, 28, 28)
     dim0 = onnx.load(str(trained["fp32"])).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value
 
@@ -116,8 +128,7 @@ def test_quantized_model_is_qdq_int8_and_agrees_with_fp32(method, quantized, tra
     model = onnx.load(str(result.path))
     ops = Counter(node.op_type for node in model.graph.node)
     weights = initializers(model)
-    dequantized = [weights[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
-                   and n.input[0] in weights]
+    dequantized = [weights[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
     zero_points = [weights[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
 
     assert result.method == method and result.calibration_samples == 256
@@ -184,8 +195,7 @@ def test_subsampling_is_capped_and_reproducible(trained, tmp_path):
 
 def test_external_data_model_counts_its_weights_file(trained, tmp_path):
     path = tmp_path / "split.onnx"
-    onnx.save_model(onnx.load(str(trained["fp32"])), str(path), save_as_external_data=True,
-                    location="split.onnx.data", size_threshold=0)
+    onnx.save_model(onnx.load(str(trained["fp32"])), str(path), save_as_external_data=True, location="split.onnx.data", size_threshold=0)
     result = quantize_int8(path, tmp_path / "out" / "split.int8.onnx", trained["calibration"][:40], MEAN, STD)
     assert result.fp32_size_bytes == path.stat().st_size + (tmp_path / "split.onnx.data").stat().st_size
     assert result.calibration_samples == 40
@@ -202,15 +212,14 @@ def test_older_onnxruntime_without_calibration_cache_still_quantizes(trained, tm
         return real(model_input, model_output, calibration_data_reader, **kwargs)
 
     monkeypatch.setattr(oq, "quantize_static", legacy)
-    result = quantize_int8(trained["fp32"], tmp_path / "old.onnx", trained["calibration"], MEAN, STD,
-                           method="percentile")
+    result = quantize_int8(trained["fp32"], tmp_path / "old.onnx", trained["calibration"], MEAN, STD, method="percentile")
     assert agreement(result.path, trained) >= 0.95
 
 
 def test_vectorised_entropy_threshold_matches_onnxruntime():
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from edgedistill.quantize import _entropy_threshold
+    from edgedistill.stages.quantize import _entropy_threshold
 
     rng = np.random.default_rng(0)
     data = {
@@ -268,7 +277,7 @@ def test_bad_model_and_arguments_are_bad_input(trained, tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_onnx_input_spec_reports_dynamic_dims(tmp_path):
+def test_onnx_info_reports_dynamic_dims(tmp_path):
     def model(shape: list) -> Path:
         x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)
         y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)
@@ -277,12 +286,12 @@ def test_onnx_input_spec_reports_dynamic_dims(tmp_path):
         onnx.save(helper.make_model(graph), str(path))
         return path
 
-    assert onnx_input_spec(model(["N", 3, "H", "W"])) == ("x", 3, None, None)
+    assert onnx_info(model(["N", 3, "H", "W"])).image_input("quantization") == (3, None, None)
     with pytest.raises(BadInput, match="rank 2"):
-        onnx_input_spec(model(["N", 10]))
+        onnx_info(model(["N", 10])).image_input("quantization")
 
 
-def test_load_calibration_folder_reads_formats_and_skips_corrupt(tmp_path, caplog, trained):
+def test_sample_folder_reads_formats_and_skips_corrupt(tmp_path, trained):
     root = tmp_path / "calib"
     (root / "cats" / "deep").mkdir(parents=True)
     (root / "dogs").mkdir()
@@ -295,19 +304,16 @@ def test_load_calibration_folder_reads_formats_and_skips_corrupt(tmp_path, caplo
     (root / "truncated.png").write_bytes((root / "cats" / "red.png").read_bytes()[:40])
     (root / "notes.txt").write_text("not an image")
 
-    skipped: list[Path] = []
-    with caplog.at_level(logging.WARNING, logger="edgedistill.quantize"):
-        rgb = load_calibration_folder(root, channels=3, size=16, limit=100, skipped=skipped)
+    rgb, skipped = sample_folder(root, SimpleNamespace(channels=3, size=16), 100)
     assert rgb.shape == (5, 3, 16, 16) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
-    assert sorted(p.name for p in skipped) == ["broken.jpg", "truncated.png"]
-    assert "skipped 2" in caplog.text
+    assert sorted(Path(s.split(": ")[0]).name for s in skipped) == ["broken.jpg", "truncated.png"]
     assert any((img[0] > 250).all() and (img[1:] < 5).all() for img in rgb), "red PNG read as RGB, NCHW"
 
-    gray = load_calibration_folder(root, channels=1, size=28, limit=100)
+    gray, _ = sample_folder(root, SimpleNamespace(channels=1, size=28), 100)
     assert gray.shape == (5, 1, 28, 28)
-    limited = load_calibration_folder(root, channels=1, size=28, limit=2)
+    limited, _ = sample_folder(root, SimpleNamespace(channels=1, size=28), 2)
     assert limited.shape == (2, 1, 28, 28)
-    np.testing.assert_array_equal(limited, load_calibration_folder(root, channels=1, size=28, limit=2))
+    np.testing.assert_array_equal(limited, sample_folder(root, SimpleNamespace(channels=1, size=28), 2)[0])
 
     result = quantize_int8(trained["fp32"], tmp_path / "folder.int8.onnx", gray, MEAN, STD)
     assert result.calibration_samples == 5
@@ -315,9 +321,7 @@ def test_load_calibration_folder_reads_formats_and_skips_corrupt(tmp_path, caplo
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     (only_bad / "x.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(BadInput, match="no readable images"):
-        load_calibration_folder(only_bad, channels=3, size=16, limit=10)
-    with pytest.raises(BadInput, match="does not exist"):
-        load_calibration_folder(tmp_path / "missing", channels=3, size=16, limit=10)
-    with pytest.raises(BadInput, match="channels"):
-        load_calibration_folder(root, channels=4, size=16, limit=10)
+    runner = CliRunner()
+    for calib, needle in ((only_bad, "no readable images"), (tmp_path / "missing", "not a directory")):
+        out = runner.invoke(app, ["quantize", str(trained["fp32"]), "--calib", str(calib), "--mean", "0.1307", "--std", "0.3081"])
+        assert out.exit_code == 2 and needle in out.output and "Traceback" not in out.output

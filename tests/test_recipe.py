@@ -1,4 +1,5 @@
 """Bad recipes get one line naming the file, the field, the problem and a hint; exit code 2."""
+
 from pathlib import Path
 
 import pytest
@@ -6,8 +7,9 @@ import yaml
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
+from edgedistill.config.load import load_recipe
 from edgedistill.errors import BadInput
-from edgedistill.recipe import load_recipe
+from edgedistill.extensions import check_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,17 +36,44 @@ BAD = [
     ("unknown key", edit(lambda d: d["distill"].update(epochz=3)), "distill.epochz: unknown key; check the spelling"),
     ("wrong type", edit(lambda d: d["distill"].update(epochs="many")), "distill.epochs: Input should be a valid integer"),
     ("negative count", edit(lambda d: d["pool"][1].update(count=-5)), "pool.1.count: Input should be greater than 0"),
-    ("unknown builtin", edit(lambda d: d["pool"].append({"builtin": "imagenet-22k"})), "pool.3.builtin: unknown built-in source 'imagenet-22k'; available:"),
-    ("missing folder", edit(lambda d: d["pool"].append({"folder": "/nonexistent/images"})), "pool.3.folder: directory /nonexistent/images does not exist"),
+    (
+        "unknown builtin",
+        edit(lambda d: d["pool"].append({"builtin": "imagenet-22k"})),
+        "pool.3.builtin: unknown built-in source 'imagenet-22k'; available:",
+    ),
+    (
+        "missing folder",
+        edit(lambda d: d["pool"].append({"folder": "/nonexistent/images"})),
+        "pool.3.folder: directory /nonexistent/images does not exist",
+    ),
     ("missing section", edit(lambda d: d.pop("student")), "student: required key is missing"),
-    ("mean per channel", edit(lambda d: d["teacher"]["input"].update(mean=[0.1, 0.2])), "teacher.input: Value error, mean needs 1 value(s), one per channel"),
-    ("bad strategy", edit(lambda d: d["select"].update(strategy="best")), "select.strategy: Input should be 'balanced', 'dfnd', 'entropy' or 'random'"),
+    (
+        "mean per channel",
+        edit(lambda d: d["teacher"]["input"].update(mean=[0.1, 0.2])),
+        "teacher.input: Value error, mean needs 1 value(s), one per channel",
+    ),
+    (
+        "bad strategy",
+        edit(lambda d: d["select"].update(strategy="best")),
+        "select.strategy: unknown 'best'; available: balanced, dfnd, entropy, random",
+    ),
     ("pool entry kind", edit(lambda d: d["pool"].append({"url": "http://x"})), "pool.3"),
     ("bad eval builtin", edit(lambda d: d["eval"].update(labeled="builtin:nope")), "eval.labeled: unknown built-in source 'nope'"),
-    ("missing shards", edit(lambda d: d["pool"].append({"shards": "/nonexistent/pool-{000..009}.tar"})),
-     "pool.3.shards: 10 shard file(s) missing, e.g. /nonexistent/pool-000.tar"),
-    ("missing manifest", edit(lambda d: d["pool"].append({"manifest": "/nonexistent/list.csv"})), "pool.3.manifest: file /nonexistent/list.csv does not exist"),
-    ("bad precision", edit(lambda d: d.update(compute={"precision": "int4"})), "compute.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
+    (
+        "missing shards",
+        edit(lambda d: d["pool"].append({"shards": "/nonexistent/pool-{000..009}.tar"})),
+        "pool.3.shards: 10 shard file(s) missing, e.g. /nonexistent/pool-000.tar",
+    ),
+    (
+        "missing manifest",
+        edit(lambda d: d["pool"].append({"manifest": "/nonexistent/list.csv"})),
+        "pool.3.manifest: file /nonexistent/list.csv does not exist",
+    ),
+    (
+        "bad precision",
+        edit(lambda d: d.update(compute={"precision": "int4"})),
+        "compute.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'",
+    ),
 ]
 
 
@@ -52,7 +81,7 @@ BAD = [
 def test_bad_recipe_line(tmp_path, name, data, expected):
     path = write(tmp_path, data)
     with pytest.raises(BadInput) as info:
-        load_recipe(path)
+        check_recipe(load_recipe(path), str(path))  # what compress does before any stage runs
     message = str(info.value)
     assert message.startswith(str(path)), message
     assert expected in message

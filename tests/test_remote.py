@@ -4,6 +4,7 @@ The "device" is this machine: runtime onnxruntime runs in this venv's Python on 
 ssh, and runtime trtexec runs tests/fake_trtexec_standin.py (a flag-checking stand-in, no GPU).
 One small run is compressed once per session (`compressed_run`); tests re-gate copies of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edgedistill.backends import create_runner
+from edgedistill.backends.hosts.jetson import parse_device_facts
+from edgedistill.backends.onnxruntime import RemoteOnnxRuntimeRunner
+from edgedistill.backends.trtexec.runner import TrtexecRunner
 from edgedistill.cli import app
+from edgedistill.config.schema import TargetSpec
 from edgedistill.errors import TargetUnavailable
-from edgedistill.recipe import TargetSpec
-from edgedistill.remote import RemoteOnnxRuntimeRunner, RemoteTrtexecRunner, create_device_runner, parse_device_facts
 from tests.remote_run import ROOT, ssh_target_entry
 
 STANDIN = ROOT / "tests" / "fake_trtexec_standin.py"
@@ -44,6 +48,7 @@ def _closed_port() -> int:
 
 # ------------------------------------------------------------------------------------------ end to end
 
+
 def test_compress_validates_on_the_ssh_target(compressed_run):
     report = compressed_run.report
     assert report["passed"]
@@ -63,7 +68,7 @@ def test_compress_validates_on_the_ssh_target(compressed_run):
 
 def test_remote_workdir_is_removed_on_close(compressed_run, sshd_server):
     spec = TargetSpec(**ssh_target_entry(sshd_server))
-    runner = create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+    runner = create_runner(spec, compressed_run.run_dir / "student.onnx")
     assert isinstance(runner, RemoteOnnxRuntimeRunner)
     workdir = runner.workdir
     assert os.path.isfile(f"{workdir}/model.onnx") and os.path.isfile(f"{workdir}/edgedistill_ort.py")
@@ -75,26 +80,28 @@ def test_remote_workdir_is_removed_on_close(compressed_run, sshd_server):
 def test_missing_remote_python_is_one_clear_line(compressed_run, sshd_server):
     spec = TargetSpec(**ssh_target_entry(sshd_server, remote_python="/nonexistent/python3"))
     with pytest.raises(TargetUnavailable) as info:
-        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+        create_runner(spec, compressed_run.run_dir / "student.onnx")
     message = str(info.value)
     assert "/nonexistent/python3" in message and "not found" in message and "\n" not in message
 
 
 def test_remote_python_without_onnxruntime_is_unavailable(compressed_run, sshd_server, tmp_path):
     fake = tmp_path / "python-without-ort"
-    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.modules[\"onnxruntime\"] = None; "
-                    "sys.argv = sys.argv[1:]; exec(open(sys.argv[0]).read())' \"$@\"\n")
+    fake.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -c \'import sys; sys.modules["onnxruntime"] = None; '
+        'sys.argv = sys.argv[1:]; exec(open(sys.argv[0]).read())\' "$@"\n'
+    )
     fake.chmod(0o755)
     spec = TargetSpec(**ssh_target_entry(sshd_server, remote_python=str(fake)))
     with pytest.raises(TargetUnavailable, match="lacks onnxruntime"):
-        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+        create_runner(spec, compressed_run.run_dir / "student.onnx")
 
 
 def test_refused_key_is_unavailable(compressed_run, sshd_server, tmp_path):
     config = sshd_server.write_client_config(tmp_path / "config", identity_file=sshd_server.unauthorized_identity)
     spec = TargetSpec(**ssh_target_entry(sshd_server, ssh_config=str(config)))
     with pytest.raises(TargetUnavailable, match="authentication refused"):
-        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+        create_runner(spec, compressed_run.run_dir / "student.onnx")
 
 
 def test_hung_target_times_out_and_is_cleaned_up(compressed_run, sshd_server, tmp_path):
@@ -104,7 +111,7 @@ def test_hung_target_times_out_and_is_cleaned_up(compressed_run, sshd_server, tm
     spec = TargetSpec(**ssh_target_entry(sshd_server, remote_python=str(slow), timeout_s=1))
     before = set(Path("/tmp").glob("edgedistill.*"))
     with pytest.raises(TargetUnavailable, match="timed out after 1 s"):
-        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+        create_runner(spec, compressed_run.run_dir / "student.onnx")
     leftovers = {p for p in set(Path("/tmp").glob("edgedistill.*")) - before if (p / "edgedistill_ort.py").exists()}
     assert not leftovers
 
@@ -112,15 +119,17 @@ def test_hung_target_times_out_and_is_cleaned_up(compressed_run, sshd_server, tm
 def test_missing_execution_provider_on_target(compressed_run, sshd_server):
     spec = TargetSpec(**ssh_target_entry(sshd_server, providers=["cuda"]))
     with pytest.raises(TargetUnavailable, match="lacks CUDAExecutionProvider.*onnxruntime-gpu"):
-        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+        create_runner(spec, compressed_run.run_dir / "student.onnx")
 
 
 # ------------------------------------------------------------------------------------ failures, exit 4
 
+
 def test_host_key_mismatch_is_refused_with_exit_4(compressed_run, tmp_path):
     run = compressed_run.copy(tmp_path)
-    result = cli("validate", "--run-dir", str(run), "--target", "board",
-                 "--set", f"targets.1.known_hosts={compressed_run.server.wrong_known_hosts}")
+    result = cli(
+        "validate", "--run-dir", str(run), "--target", "board", "--set", f"targets.1.known_hosts={compressed_run.server.wrong_known_hosts}"
+    )
     assert result.exit_code == 4, result.output
     line = error_line(result.output)
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in line
@@ -143,9 +152,10 @@ def test_unreachable_target_keeps_other_results(compressed_run, tmp_path):
 
 # ---------------------------------------------------------------------------- trtexec through ssh
 
+
 def _standin(folder: Path) -> Path:
     wrapper = folder / "trtexec"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {STANDIN} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 
@@ -153,8 +163,8 @@ def _standin(folder: Path) -> Path:
 def test_trtexec_runner_contract_with_standin(compressed_run, sshd_server, tmp_path):
     """The stand-in rejects flags TensorRT 10 does not know and inputs of the wrong byte size."""
     spec = TargetSpec(**ssh_target_entry(sshd_server, runtime="trtexec", precision="fp16", trtexec=str(_standin(tmp_path))))
-    runner = create_device_runner(spec, compressed_run.run_dir / "student.onnx")
-    assert isinstance(runner, RemoteTrtexecRunner)
+    runner = create_runner(spec, compressed_run.run_dir / "student.onnx")
+    assert isinstance(runner, TrtexecRunner)
     workdir = runner.workdir
     try:
         stats = runner.time(1, warmup=2, iterations=25)
@@ -173,15 +183,16 @@ def test_trtexec_runner_contract_with_standin(compressed_run, sshd_server, tmp_p
 
 def test_validate_target_with_trtexec_standin(compressed_run, sshd_server, tmp_path):
     """The whole validate_target path on a trtexec target; one eval image because the stand-in always returns 1x10."""
-    from edgedistill.recipe import load_recipe
-    from edgedistill.validate import EvalSet, validate_target
+    from edgedistill.config.load import load_recipe
+    from edgedistill.inputs.labeled import EvalSet
+    from edgedistill.stages.validate import validate_target
 
     recipe = load_recipe(compressed_run.recipe)
-    spec = TargetSpec(**ssh_target_entry(sshd_server, runtime="trtexec", trtexec=str(_standin(tmp_path)),
-                                         budget={"p99_ms": 1.0}))
+    spec = TargetSpec(**ssh_target_entry(sshd_server, runtime="trtexec", trtexec=str(_standin(tmp_path)), budget={"p99_ms": 1.0}))
     eval_set = EvalSet("one image", np.zeros((1, 1, 28, 28), np.uint8), np.array([9]))
-    result = validate_target(spec, compressed_run.run_dir / "student.onnx", eval_set, recipe.teacher.input,
-                             teacher_pred=np.array([9]), teacher_accuracy=1.0)
+    result = validate_target(
+        spec, compressed_run.run_dir / "student.onnx", eval_set, recipe.teacher.input, teacher_pred=np.array([9]), teacher_accuracy=1.0
+    )
     assert result.error is None, result.error
     assert result.accuracy == 1.0 and result.agreement == 1.0
     assert result.latency["iterations"] == 30 and len(result.latency_samples_ms) == 30
@@ -192,7 +203,7 @@ def test_validate_target_with_trtexec_standin(compressed_run, sshd_server, tmp_p
 def test_trtexec_missing_on_target(compressed_run, sshd_server):
     spec = TargetSpec(**ssh_target_entry(sshd_server, runtime="trtexec", trtexec="/nonexistent/trtexec"))
     with pytest.raises(TargetUnavailable, match="trtexec not found at /nonexistent/trtexec"):
-        create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+        create_runner(spec, compressed_run.run_dir / "student.onnx")
 
 
 def _real_trtexec() -> str | None:
@@ -203,7 +214,7 @@ def _real_trtexec() -> str | None:
 @pytest.mark.skipif(_real_trtexec() is None, reason="needs NVIDIA trtexec (TensorRT) on this machine; not installed here")
 def test_real_trtexec_over_ssh(compressed_run, sshd_server):
     spec = TargetSpec(**ssh_target_entry(sshd_server, runtime="trtexec", trtexec=_real_trtexec(), timeout_s=600))
-    runner = create_device_runner(spec, compressed_run.run_dir / "student.onnx")
+    runner = create_runner(spec, compressed_run.run_dir / "student.onnx")
     try:
         x = np.random.default_rng(0).standard_normal((70, 1, 28, 28)).astype(np.float32)
         import onnxruntime as ort
@@ -220,21 +231,45 @@ def test_real_trtexec_over_ssh(compressed_run, sshd_server):
 
 # ----------------------------------------------------------------------------------- device facts
 
+
 def test_device_facts_from_a_jetson():
-    text = "\n".join([
-        "@@model", "NVIDIA Orin Nano Developer Kit",
-        "@@compatible", "nvidia,p3768-0000+p3767-0005 nvidia,p3767-0005 nvidia,tegra234 ",
-        "@@tegra", "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, DATE: Sun Mar 19 15:19:21 UTC 2023",
-        "@@jetpack", "",
-        "@@nvpmodel", "NVPM WARN: fan mode is not set!", "NV Power Mode: 15W", "0",
-        "@@gpu", "@@uname", "Linux 5.10.104-tegra aarch64", "@@cpus", "6", "@@hostname", "orin",
-    ])
+    text = "\n".join(
+        [
+            "@@model",
+            "NVIDIA Orin Nano Developer Kit",
+            "@@compatible",
+            "nvidia,p3768-0000+p3767-0005 nvidia,p3767-0005 nvidia,tegra234 ",
+            "@@tegra",
+            "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, DATE: Sun Mar 19 15:19:21 UTC 2023",
+            "@@jetpack",
+            "",
+            "@@nvpmodel",
+            "NVPM WARN: fan mode is not set!",
+            "NV Power Mode: 15W",
+            "0",
+            "@@gpu",
+            "@@uname",
+            "Linux 5.10.104-tegra aarch64",
+            "@@cpus",
+            "6",
+            "@@hostname",
+            "orin",
+        ]
+    )
     facts = parse_device_facts(text)
-    assert facts == {"hostname": "orin", "system": "Linux 5.10.104-tegra aarch64", "cpus": 6,
-                     "device_model": "NVIDIA Orin Nano Developer Kit", "soc": "tegra234", "gpu": None,
-                     "nv_tegra_release": "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, "
-                                         "DATE: Sun Mar 19 15:19:21 UTC 2023",
-                     "l4t": "35.3.1", "jetpack": None, "power_mode": "15W (mode 0)"}
+    assert facts == {
+        "hostname": "orin",
+        "system": "Linux 5.10.104-tegra aarch64",
+        "cpus": 6,
+        "device_model": "NVIDIA Orin Nano Developer Kit",
+        "soc": "tegra234",
+        "gpu": None,
+        "nv_tegra_release": "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, "
+        "DATE: Sun Mar 19 15:19:21 UTC 2023",
+        "l4t": "35.3.1",
+        "jetpack": None,
+        "power_mode": "15W (mode 0)",
+    }
 
 
 def test_device_facts_jetpack_from_l4t_or_package():

@@ -1,4 +1,5 @@
 """report.html: self-contained, rebuilt by `edgedistill report`, and its plots really render in a browser."""
+
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.report import POOL_COLOR, SELECTED_COLOR, build_report_html
+from edgedistill.results.html import POOL_COLOR, SELECTED_COLOR, build_report_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +30,7 @@ def test_report_is_self_contained_with_every_plot(compressed_run):
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     for heading in ("Budgets", "Targets", "Latency", "Selection from the pool", "Selected pool images", "Learning curves"):
         assert f"<h2>{heading}" in text
-    assert text.count("<tr class=\"pass\">") == 3  # cpu: p99_ms, min_accuracy; board: p99_ms
+    assert text.count('<tr class="pass">') == 3  # cpu: p99_ms, min_accuracy; board: p99_ms
 
 
 def test_report_command_rebuilds_it(compressed_run, tmp_path):
@@ -57,7 +58,7 @@ def test_report_without_selection_files(compressed_run, tmp_path):
 
 
 def _colour_pixels(pixels: np.ndarray, hex_colour: str, tolerance: int = 8) -> int:
-    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
     return int((np.abs(pixels[..., :3].astype(int) - rgb).max(-1) <= tolerance).sum())
 
 
@@ -69,10 +70,26 @@ def test_report_renders_in_headless_chromium(compressed_run, tmp_path):
     shot = tmp_path / "report.png"
     page = compressed_run.run_dir / "report.html"
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert shot.is_file(), f"chromium wrote no screenshot (exit {result.returncode}): {result.stderr[-2000:]}"
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (2000, 1200)

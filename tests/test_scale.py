@@ -1,4 +1,5 @@
 """Scale-out: lazy folder, manifest and WebDataset shard pools, and real 2-process torchrun runs on CPU (gloo)."""
+
 import io
 import json
 import os
@@ -14,10 +15,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from edgedistill.config.schema import InputSpec
 from edgedistill.errors import BadInput
-from edgedistill.pool import ArrayPart, FolderPart, ManifestPart, Pool, ShardsPart, expand_shards, iter_images, part_of
-from edgedistill.recipe import InputSpec
-from edgedistill.sources import load_builtin
+from edgedistill.inputs.builtin import load_builtin
+from edgedistill.inputs.images import iter_images
+from edgedistill.inputs.pool import ArrayPart, FolderPart, ManifestPart, Pool, ShardsPart, expand_shards, part_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "teachers" / "mnist_lenet5.safetensors"
@@ -120,10 +122,10 @@ def test_stored_teacher_outputs_train_the_same_student_as_the_live_teacher(tmp_p
     """Without augmentation, one teacher pass memory-mapped from disk replaces the teacher forward of every step."""
     import torch
 
-    from edgedistill.distill import distill
-    from edgedistill.models import create_model
-    from edgedistill.pool import convert_array
-    from edgedistill.recipe import ClassDropSpec, DistillSpec
+    from edgedistill.config.schema import ClassDropSpec, DistillSpec
+    from edgedistill.inputs.images import convert_array
+    from edgedistill.models.factory import create_model
+    from edgedistill.stages.distill import distill
 
     images = convert_array(photos[:192], SPEC)
     teacher = create_model("lenet5", 10, 1).eval()
@@ -161,8 +163,7 @@ def launch(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
 
 
 def torchrun(recipe: Path, run: Path, *extra: str) -> list[str]:
-    return [*TORCHRUN, "--standalone", "--nproc-per-node", "2", *extra, "-m", "edgedistill", "compress", str(recipe),
-            "--run-dir", str(run)]
+    return [*TORCHRUN, "--standalone", "--nproc-per-node", "2", *extra, "-m", "edgedistill", "compress", str(recipe), "--run-dir", str(run)]
 
 
 def test_two_ranks_select_what_one_process_selects_and_train_a_student_that_validates(tmp_path, photos):
@@ -210,16 +211,24 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(photos):
     """`compute.precision: bf16` and `channels_last` on CPU: losses are computed in float32 and stay finite."""
     import torch
 
-    from edgedistill.compute import resolve_compute
-    from edgedistill.distill import distill
-    from edgedistill.models import create_model
-    from edgedistill.pool import convert_array
-    from edgedistill.recipe import ClassDropSpec, ComputeSpec, DistillSpec
+    from edgedistill.config.schema import ClassDropSpec, ComputeSpec, DistillSpec
+    from edgedistill.inputs.images import convert_array
+    from edgedistill.models.factory import create_model
+    from edgedistill.scale.compute import resolve_compute
+    from edgedistill.stages.distill import distill
 
     compute = resolve_compute(ComputeSpec(precision="bf16", channels_last=True), torch.device("cpu"))
     assert compute.dtype is torch.bfloat16 and compute.channels_last
     torch.manual_seed(0)
-    result = distill(create_model("lenet5", 10, 1).eval(), create_model("lenet5_half", 10, 1), convert_array(photos[:128], SPEC),
-                     DistillSpec(epochs=2, batch_size=32), ClassDropSpec(), SPEC, seed=0, compute=compute)
+    result = distill(
+        create_model("lenet5", 10, 1).eval(),
+        create_model("lenet5_half", 10, 1),
+        convert_array(photos[:128], SPEC),
+        DistillSpec(epochs=2, batch_size=32),
+        ClassDropSpec(),
+        SPEC,
+        seed=0,
+        compute=compute,
+    )
     assert all(np.isfinite(h["loss"]) for h in result.history) and result.images_per_s > 0
     assert all(p.dtype == torch.float32 for p in result.student.parameters())

@@ -1,11 +1,12 @@
 """Selection is deterministic for a seed, class-balanced, and its streaming top-k equals a full sort."""
+
 import numpy as np
 import torch
 
-from edgedistill.models import create_model
-from edgedistill.pool import ArrayPart, Pool
-from edgedistill.recipe import InputSpec, SelectSpec
-from edgedistill.select import StreamingTopK, select_pool
+from edgedistill.config.schema import InputSpec, SelectSpec
+from edgedistill.inputs.pool import ArrayPart, Pool
+from edgedistill.models.factory import create_model
+from edgedistill.stages.select import StreamingTopK, select_pool
 
 SPEC = InputSpec(channels=1, size=28, mean=[0.5], std=[0.5])
 
@@ -21,7 +22,7 @@ def test_streaming_topk_matches_full_sort():
     group, score, index = rng.integers(0, 4, 1000), rng.random(1000).round(2), np.arange(1000)
     keeper = StreamingTopK(4, 7)
     for s in range(0, 1000, 64):
-        keeper.add(group[s:s + 64], score[s:s + 64], index[s:s + 64])
+        keeper.add(group[s : s + 64], score[s : s + 64], index[s : s + 64])
     for g, kept in enumerate(keeper.groups()):
         mask = group == g
         order = np.lexsort((index[mask], -score[mask]))[:7]
@@ -45,7 +46,8 @@ def test_balanced_keeps_most_confident_per_class():
     pool, teacher = pool_and_teacher(300)
     sel = select_pool(teacher, pool, SelectSpec(strategy="balanced", per_class=3, batch_size=64), 10, seed=0)
     with torch.no_grad():
-        from edgedistill.pool import normalize
+        from edgedistill.inputs.images import normalize
+
         probs = torch.softmax(teacher(normalize(torch.from_numpy(pool.parts[0].array), SPEC)), 1).numpy()
     top = probs.argmax(1)
     for c in np.unique(top):
@@ -65,7 +67,8 @@ def test_random_selection_depends_on_seed_only():
 def test_dfnd_and_entropy_orderings():
     pool, teacher = pool_and_teacher(400)
     with torch.no_grad():
-        from edgedistill.pool import normalize
+        from edgedistill.inputs.images import normalize
+
         probs = torch.softmax(teacher(normalize(torch.from_numpy(pool.parts[0].array), SPEC)), 1).numpy()
     dfnd = select_pool(teacher, pool, SelectSpec(strategy="dfnd", total=20, batch_size=64), 10, seed=0)
     assert set(dfnd.pool_index) == set(np.argsort(-probs.max(1), kind="stable")[:20])

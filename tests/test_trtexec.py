@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedistill.errors import BadInput
-from edgedistill.trtexec import (
+from edgedistill.backends.trtexec.log import (
     TrtexecRun,
     decode_trt_version,
     load_trtexec_json,
@@ -20,13 +19,12 @@ from edgedistill.trtexec import (
     trtexec_command,
     write_raw_input,
 )
+from edgedistill.errors import BadInput
 
-SAMPLES = Path(__file__).parents[1].parent / "shared" / "trtexec_samples"
+SAMPLES = Path(__file__).with_name("data") / "trtexec_samples"
+JSON_SAMPLES = Path(__file__).with_name("data") / "trtexec_json"  # verbatim excerpts named in trtexec_samples/json_formats.md
 STANDIN = Path(__file__).with_name("fake_trtexec_standin.py")
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"real trtexec samples not found at {SAMPLES} (shared/trtexec_samples is not checked out)"
-)
-SAMPLE_FILES = sorted(SAMPLES.iterdir()) if SAMPLES.is_dir() else []
+SAMPLE_FILES = sorted(SAMPLES.iterdir())
 LOG_FILES = [f for f in SAMPLE_FILES if f.suffix == ".log"]
 
 
@@ -40,29 +38,29 @@ def without_curator_header(text: str) -> str:
     return rest if first.startswith("# source:") else text
 
 
-# Read by eye from each file: (passed, version, device, qps, latency mean, median, p99).
+# Read by eye from each file: (passed, version, device, qps).
 EXPECTED = {
-    "01": (True, None, None, 479.452, 2.06069, 2.03601, 2.5329),
-    "02": (True, "8.0.1", "NVIDIA Tegra X1", 24.5583, 40.6326, 40.6337, 40.8591),
-    "03": (False, "8.2.3", "NVIDIA GeForce GTX 1070", None, None, None, None),
-    "04": (True, "8.4.0", None, 41087.7, 0.402238, 0.401947, 0.420288),
-    "05": (True, None, None, 27207.0, 0.573891, 0.572998, 0.587769),
-    "06": (True, "8.5.2", None, 97.8649, 10.7971, 10.7972, 10.9744),
-    "07": (True, "8.6.1", "NVIDIA H100 PCIe", 484.641, 3.18949, 3.09521, 4.83325),
-    "08": (True, "10.3.0", None, 318.007, 3.14068, 3.14062, 3.15039),
-    "09": (True, "10.9.0", "NVIDIA GeForce RTX 3070", 8.66824, 112.938, 112.567, 115.703),
-    "10": (True, "10.16.1", "NVIDIA H100 PCIe", 15374.3, 0.0441053, 0.0440674, 0.0512695),
-    "11": (True, "10.16.1", "NVIDIA H100 PCIe", None, None, None, None),
-    "12": (True, "10.16.1", "NVIDIA H100 PCIe", 12827.1, 0.0606122, 0.0616455, 0.0704346),
-    "13": (True, "10.16.1", "NVIDIA H100 PCIe", 12764.5, 0.0609811, 0.0621338, 0.0712891),
-    "14": (True, None, None, 43073.6, 0.386481, 0.385986, 0.404907),
-    "15": (True, None, None, 208.729, 4.83767, 4.83752, 4.85547),
-    "16": (False, None, None, None, None, None, None),
-    "17": (False, None, None, None, None, None, None),
-    "18": (False, "10.3.0", None, None, None, None, None),
-    "19": (True, "10.14.1", "NVIDIA RTX 6000 Ada Generation", 23188.6, 0.0385501, 0.0383301, 0.046875),
-    "20": (True, "8.4.1", "NVIDIA GeForce GTX 1070", 6207.5, 0.166299, 0.161987, 0.388947),
-    "21": (False, "10.0.1", None, None, None, None, None),
+    "01": (True, None, None, 479.452),
+    "02": (True, "8.0.1", "NVIDIA Tegra X1", 24.5583),
+    "03": (False, "8.2.3", "NVIDIA GeForce GTX 1070", None),
+    "04": (True, "8.4.0", None, 41087.7),
+    "05": (True, None, None, 27207.0),
+    "06": (True, "8.5.2", None, 97.8649),
+    "07": (True, "8.6.1", "NVIDIA H100 PCIe", 484.641),
+    "08": (True, "10.3.0", None, 318.007),
+    "09": (True, "10.9.0", "NVIDIA GeForce RTX 3070", 8.66824),
+    "10": (True, "10.16.1", "NVIDIA H100 PCIe", 15374.3),
+    "11": (True, "10.16.1", "NVIDIA H100 PCIe", None),
+    "12": (True, "10.16.1", "NVIDIA H100 PCIe", 12827.1),
+    "13": (True, "10.16.1", "NVIDIA H100 PCIe", 12764.5),
+    "14": (True, None, None, 43073.6),
+    "15": (True, None, None, 208.729),
+    "16": (False, None, None, None),
+    "17": (False, None, None, None),
+    "18": (False, "10.3.0", None, None),
+    "19": (True, "10.14.1", "NVIDIA RTX 6000 Ada Generation", 23188.6),
+    "20": (True, "8.4.1", "NVIDIA GeForce GTX 1070", 6207.5),
+    "21": (False, "10.0.1", None, None),
 }
 
 # Words the one-line failure must contain, per failing sample.
@@ -78,7 +76,6 @@ FAILURE_WORDS = {
 # ------------------------------------------------------------ real samples
 
 
-@needs_samples
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.name[:40])
 def test_every_sample_file_parses(path):
     run = parse_trtexec_log(path.read_text())
@@ -86,22 +83,16 @@ def test_every_sample_file_parses(path):
     assert run.passed or run.failure
 
 
-@needs_samples
 @pytest.mark.parametrize("path", LOG_FILES, ids=lambda p: p.name[:2])
 def test_sample_values(path):
     prefix = path.name[:2]
     assert prefix in EXPECTED, f"new sample {path.name}: add its expected values"
-    passed, version, device, qps, mean, median, p99 = EXPECTED[prefix]
+    passed, version, device, qps = EXPECTED[prefix]
     run = parse_trtexec_log(path.read_text())
     assert run.passed is passed
     assert run.trt_version == version
     assert run.device == device
     assert run.throughput_qps == (pytest.approx(qps) if qps is not None else None)
-    if mean is None:
-        assert run.latency is None
-    else:
-        assert (run.latency.mean, run.latency.median) == pytest.approx((mean, median))
-        assert run.latency.percentiles[99.0] == pytest.approx(p99)
     assert (run.failure is None) is passed
     for word in FAILURE_WORDS.get(prefix, []):
         assert word in run.failure
@@ -109,14 +100,12 @@ def test_sample_values(path):
         assert "\n" not in run.failure
 
 
-@needs_samples
 @pytest.mark.parametrize("path", LOG_FILES, ids=lambda p: p.name[:2])
 def test_curator_header_changes_nothing(path):
     text = path.read_text()
     assert parse_trtexec_log(text) == parse_trtexec_log(without_curator_header(text))
 
 
-@needs_samples
 @pytest.mark.parametrize("path", LOG_FILES, ids=lambda p: p.name[:2])
 def test_any_truncation_parses(path):
     text = path.read_text()
@@ -125,90 +114,48 @@ def test_any_truncation_parses(path):
     parse_trtexec_log(text.replace("\n", "\r\n"))
 
 
-@needs_samples
-def test_trt7_old_summary_format():
-    run = parse_trtexec_log(sample_text("01"))
-    assert run.end_to_end.mean == pytest.approx(2.07367)
-    assert run.end_to_end.percentiles == {99.0: pytest.approx(2.59641)}
-    assert run.gpu_compute.percentiles == {99.0: pytest.approx(2.47803)}
-    assert run.enqueue.median == pytest.approx(1.98887)
-    assert run.enqueue.mean is None  # TRT 7 prints no mean for Enqueue Time
-    assert (run.queries, run.warmup_queries) == (1440, 80)
+def test_trt7_old_summary_format_warmup():
+    assert parse_trtexec_log(sample_text("01")).warmup_queries == 80
 
 
-@needs_samples
-def test_trt8_end_to_end_and_enqueue_warning():
+def test_enqueue_bound_warning():
     run = parse_trtexec_log(sample_text("02"))
-    assert run.end_to_end.mean == pytest.approx(40.6771)
-    assert run.h2d.mean == pytest.approx(0.544677)
-    assert run.d2h.percentiles == {99.0: pytest.approx(0.150146)}
     assert len(run.warnings) == 1 and run.warnings[0].startswith("Throughput may be bound by Enqueue Time")
     assert "--useCudaGraph" in run.warnings[0]
-    assert parse_trtexec_log(sample_text("05")).end_to_end.median == pytest.approx(0.585938)
 
 
-@needs_samples
-def test_default_percentiles_from_8_5():
-    run = parse_trtexec_log(sample_text("06"))
-    assert run.latency.percentiles == {90.0: 10.9329, 95.0: 10.949, 99.0: 10.9744}
-    assert set(run.gpu_compute.percentiles) == {90.0, 95.0, 99.0}
-
-
-@needs_samples
 def test_collided_line_and_unstable_warning():
     run = parse_trtexec_log(sample_text("07"))
     assert run.warnings == [
         "GPU compute time is unstable, with coefficient of variance = 25.6499%. "
         "If not already in use, locking GPU clock frequency or adding --useSpinWait may improve the stability."
     ]
-    assert (run.queries, run.warmup_queries) == (1457, 96)
-    assert run.command.startswith("/usr/local/TensorRT-8.6.1.6/bin/trtexec --onnx=")
+    assert run.warmup_queries == 96
 
 
-@needs_samples
-def test_no_data_transfers_is_noted():
-    run = parse_trtexec_log(sample_text("08"))
-    assert run.h2d.mean == 0 and run.d2h.max == 0
-    assert run.latency == run.gpu_compute
-    assert any("--noDataTransfers" in n for n in run.notes)
-
-
-@needs_samples
-def test_dump_profile_run_passes_without_latency_and_says_why():
+def test_dump_profile_run_passes_without_a_summary():
     run = parse_trtexec_log(sample_text("11"))
-    assert run.passed and run.latency is None and run.throughput_qps is None
-    assert any("--separateProfileRun" in n for n in run.notes)
+    assert run.passed and run.throughput_qps is None
 
 
-@needs_samples
-def test_terminal_truncated_values_are_skipped():
-    run = parse_trtexec_log(sample_text("14"))
-    assert run.enqueue.percentiles == {90.0: 0.209473, 95.0: 0.22229}  # "percentile(99%) = 0.2551s" dropped
-    assert run.h2d.percentiles == {90.0: 0.0147705, 95.0: 0.0153809}
-    assert run.gpu_compute.percentiles == {90.0: 0.373779, 95.0: 0.374756}
-    assert run.d2h is None  # "D2H Latency: min = 0.00195312" has no unit, so it may be cut
-    assert any("ends before" in n for n in run.notes)
+def test_logs_cut_before_the_result_line_pass_on_their_summary():
+    for prefix in ("14", "15"):  # terminal-truncated summary lines; a trace excerpt without '&&&& PASSED'
+        run = parse_trtexec_log(sample_text(prefix))
+        assert run.passed and run.failure is None
+    cut = sample_text("10").split("&&&& PASSED")[0]
+    assert parse_trtexec_log(cut).passed
+    assert not parse_trtexec_log(cut.split("=== Performance summary ===")[0]).passed
 
 
-@needs_samples
-def test_trace_excerpt_without_result_line():
-    run = parse_trtexec_log(sample_text("15"))
-    assert run.enqueue.percentiles[99.0] == pytest.approx(0.384033)
-    assert run.gpu_compute is None
-
-
-@needs_samples
 def test_windows_crlf_log_keeps_its_failure():
     text = sample_text("17")
     assert parse_trtexec_log(text.replace("\n", "\r\n")).failure == parse_trtexec_log(text).failure
 
 
-@needs_samples
 def test_zero_throughput_is_recomputed_from_the_trace():
     text = sample_text("02").replace("Throughput: 24.5583 qps", "Throughput: 0 qps")
     run = parse_trtexec_log(text)
     assert run.throughput_qps == pytest.approx(100 / 4.07195)
-    assert any("0 qps" in n for n in run.notes)
 
 
 def test_empty_and_foreign_text():
@@ -229,19 +176,25 @@ def test_decode_trt_version(code, version):
 # ------------------------------------------------------- JSON export golden
 
 # json_formats.md 1.3: the first 4 lines of the TRT 7.1 file, then the last 2 lines of its first document (verbatim).
-TRT7_TIMES = """[
-  { "startEnqMs" : 0.226368, "endEnqMs" : 0.315968, "startInMs" : 0.683045, "endInMs" : 5.17184, "startComputeMs" : 0.329696, "endComputeMs" : 4.82835, "startOutMs" : 4.84864, "endOutMs" : 4.8919, "inMs" : 0.0896, "computeMs" : 4.49866, "outMs" : 0.0432639, "latencyMs" : 4.63152, "endToEndMs" : 4.66554 }
-, { "startEnqMs" : 4.90006, "endEnqMs" : 4.9552, "startInMs" : 5.28791, "endInMs" : 8.01263, "startComputeMs" : 4.96534, "endComputeMs" : 7.66912, "startOutMs" : 7.6857, "endOutMs" : 7.79206, "inMs" : 0.0551362, "computeMs" : 2.70378, "outMs" : 0.106368, "latencyMs" : 2.86528, "endToEndMs" : 2.892 }
-, { "startEnqMs" : 7.80858, "endEnqMs" : 7.86643, "startInMs" : 8.20031, "endInMs" : 12.5384, "startComputeMs" : 7.87555, "endComputeMs" : 12.374, "startOutMs" : 12.3838, "endOutMs" : 12.3863, "inMs" : 0.0578561, "computeMs" : 4.49846, "outMs" : 0.00252819, "latencyMs" : 4.55885, "endToEndMs" : 4.57776 }
-, { "startEnqMs" : 3202.39, "endEnqMs" : 3202.43, "startInMs" : 3202.79, "endInMs" : 3204.78, "startComputeMs" : 3202.43, "endComputeMs" : 3204.41, "startOutMs" : 3204.41, "endOutMs" : 3204.44, "inMs" : 0.0378418, "computeMs" : 1.97339, "outMs" : 0.0222168, "latencyMs" : 2.03345, "endToEndMs" : 2.04346 }
-]
-"""
+TRT7_TIMES = (JSON_SAMPLES / "trt7.1_times_excerpt.json").read_text()
 
 # Key layout of TRT 8.0/8.2 (13 keys) from json_formats.md 1.2; no real 8.x/10.x file exists, so the values are made up.
 TRT82_TIMES = [
-    {"startEnqMs": 0.1, "endEnqMs": 0.3, "startH2dMs": 0.3, "endH2dMs": 0.4, "startComputeMs": 0.4,
-     "endComputeMs": 2.4, "startD2hMs": 2.4, "endD2hMs": 2.45, "h2dMs": 0.1, "computeMs": 2.0, "d2hMs": 0.05,
-     "latencyMs": 2.15, "endToEndMs": 2.35},
+    {
+        "startEnqMs": 0.1,
+        "endEnqMs": 0.3,
+        "startH2dMs": 0.3,
+        "endH2dMs": 0.4,
+        "startComputeMs": 0.4,
+        "endComputeMs": 2.4,
+        "startD2hMs": 2.4,
+        "endD2hMs": 2.45,
+        "h2dMs": 0.1,
+        "computeMs": 2.0,
+        "d2hMs": 0.05,
+        "latencyMs": 2.15,
+        "endToEndMs": 2.35,
+    },
 ]
 
 
@@ -274,13 +227,7 @@ def test_export_times_trt8_and_10_layouts():
 
 # json_formats.md 3.1: the first lines of the TRT 7.1 googlenet output file, verbatim up to the
 # 26th value; the excerpt is cut mid-number there, so it is closed after that value.
-TRT7_OUTPUT_HEAD = """[
-  { "name" : "prob"
-  , "dimensions" : "1000x1x1"
-  , "values" : [ 0.00100185, 0.00100531, 0.000998809, 0.00100186, 0.000994796, 0.000990081, 0.000991206, 0.000996789, 0.00100472, 0.00100965, 0.00100967, 0.00100268, 0.000997836, 0.000991488, 0.000995202, 0.000993969, 0.000990514, 0.000990265, 0.00099369, 0.0010063, 0.00100426, 0.000997791, 0.00100209, 0.000994739, 0.000993436, 0.000993727 ]
-  }
-]
-"""
+TRT7_OUTPUT_HEAD = (JSON_SAMPLES / "trt7.1_output_head_excerpt.json").read_text()
 
 
 def test_export_output_trt7_golden():
@@ -311,7 +258,10 @@ def test_export_output_trt10_layout_from_dump_output():
 
 
 def test_export_output_nonfinite_and_scalar():
-    text = '[ { "name" : "nan_head", "dimensions" : "", "values" : [ nan ] }, { "name" : "o", "dimensions" : "3", "values" : [ inf, -inf, -nan ] } ]'
+    text = (
+        '[ { "name" : "nan_head", "dimensions" : "", "values" : [ nan ] }, '
+        '{ "name" : "o", "dimensions" : "3", "values" : [ inf, -inf, -nan ] } ]'
+    )
     out = parse_export_output(load_trtexec_json(text)[0])
     assert out["nan_head"].shape == () and np.isnan(out["nan_head"])
     assert out["o"][0] == np.inf and out["o"][1] == -np.inf and np.isnan(out["o"][2])
@@ -351,13 +301,24 @@ REMOVED_IN_TRT10 = ("--workspace", "--explicitBatch", "--buildOnly", "--batch", 
 
 def test_command_for_a_build():
     argv = trtexec_command(
-        "/usr/src/tensorrt/bin/trtexec", onnx="m.onnx", save_engine="m.plan", precision="fp16",
-        shapes={"x": (1, 3, 224, 224)}, export_times="t.json",
+        "/usr/src/tensorrt/bin/trtexec",
+        onnx="m.onnx",
+        save_engine="m.plan",
+        precision="fp16",
+        shapes={"x": (1, 3, 224, 224)},
+        export_times="t.json",
     )
     assert argv == [
-        "/usr/src/tensorrt/bin/trtexec", "--onnx=m.onnx", "--fp16", "--saveEngine=m.plan",
-        "--shapes=x:1x3x224x224", "--warmUp=500", "--iterations=200", "--duration=0",
-        "--percentile=99,50,90", "--exportTimes=t.json",
+        "/usr/src/tensorrt/bin/trtexec",
+        "--onnx=m.onnx",
+        "--fp16",
+        "--saveEngine=m.plan",
+        "--shapes=x:1x3x224x224",
+        "--warmUp=500",
+        "--iterations=200",
+        "--duration=0",
+        "--percentile=99,50,90",
+        "--exportTimes=t.json",
     ]
     assert not any(a.split("=")[0] in REMOVED_IN_TRT10 for a in argv)
 
@@ -369,7 +330,9 @@ def test_command_for_an_engine_has_no_precision_flags():
 
 def test_command_input_names_and_windows_paths():
     argv = trtexec_command(
-        "trtexec.exe", onnx="m.onnx", shapes={"x:0": (1, 3)},
+        "trtexec.exe",
+        onnx="m.onnx",
+        shapes={"x:0": (1, 3)},
         load_inputs={"x:0": "x.raw", "data": r"C:\Users\TRT\data.bin"},
     )
     assert "--shapes=x:0:1x3" in argv
@@ -409,28 +372,30 @@ def test_standin_build_and_benchmark(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"stand-in model")
     write_raw_input(np.zeros((1, 3, 32, 32), np.float32), tmp_path / "x.raw")
     argv = trtexec_command(
-        str(STANDIN), onnx=str(tmp_path / "m.onnx"), save_engine=str(tmp_path / "m.plan"), precision="fp16",
-        shapes={"x": (1, 3, 32, 32)}, iterations=50, export_times=str(tmp_path / "t.json"),
-        load_inputs={"x": str(tmp_path / "x.raw")}, export_output=str(tmp_path / "o.json"),
+        str(STANDIN),
+        onnx=str(tmp_path / "m.onnx"),
+        save_engine=str(tmp_path / "m.plan"),
+        precision="fp16",
+        shapes={"x": (1, 3, 32, 32)},
+        iterations=50,
+        export_times=str(tmp_path / "t.json"),
+        load_inputs={"x": str(tmp_path / "x.raw")},
+        export_output=str(tmp_path / "o.json"),
     )
     proc, run = run_standin(argv)
     assert proc.returncode == 0 and run.passed and run.failure is None
-    assert (run.trt_version, run.device, run.queries) == ("10.3.0", "stand-in (no GPU)", 50)
-    assert set(run.latency.percentiles) == {50.0, 90.0, 99.0}
+    assert (run.trt_version, run.device) == ("10.3.0", "stand-in (no GPU)")
 
     (times_doc,) = load_trtexec_json((tmp_path / "t.json").read_text())
     latency = parse_export_times(times_doc)
     assert len(latency) == 50
-    assert run.latency.mean == pytest.approx(latency.mean(), rel=1e-5)
-    assert run.latency.max == pytest.approx(latency.max(), rel=1e-5)
-    assert run.gpu_compute.mean == pytest.approx(parse_export_times(times_doc, "compute").mean(), rel=1e-5)
-    assert run.enqueue.mean == pytest.approx(parse_export_times(times_doc, "enqueue").mean(), rel=1e-5)
+    assert parse_export_times(times_doc, "compute").mean() <= latency.mean()
 
     outputs = parse_export_output(load_trtexec_json((tmp_path / "o.json").read_text())[0])
     assert outputs["y"].shape == (1, 10)
 
     proc, run = run_standin(trtexec_command(str(STANDIN), engine=str(tmp_path / "m.plan"), iterations=20))
-    assert run.passed and run.queries == 20
+    assert run.passed and run.throughput_qps is not None
 
 
 def test_standin_rejects_flags_removed_in_trt10(tmp_path):
@@ -445,7 +410,9 @@ def test_standin_checks_raw_input_size(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"stand-in model")
     write_raw_input(np.zeros((1, 3, 16, 16), np.float32), tmp_path / "x.raw")
     argv = trtexec_command(
-        str(STANDIN), onnx=str(tmp_path / "m.onnx"), shapes={"x": (1, 3, 32, 32)},
+        str(STANDIN),
+        onnx=str(tmp_path / "m.onnx"),
+        shapes={"x": (1, 3, 32, 32)},
         load_inputs={"x": str(tmp_path / "x.raw")},
     )
     proc, run = run_standin(argv)

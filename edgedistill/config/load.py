@@ -1,0 +1,155 @@
+"""A recipe file becomes a checked Recipe: safe YAML, --set overrides, the schema, the pool's source kinds, every
+file the recipe names, and the teacher's input and classes completed from the model itself.
+
+What needs the stages' or runtimes' registries (strategy, losses, runtimes) is checked by edgedistill.extensions,
+which the pipeline runs before any stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import BadInput
+from ..inputs.builtin import BUILTINS
+from ..inputs.pool import SOURCES
+from ..models.teachers import complete_teacher_spec
+from .schema import Recipe
+
+
+def _format_error(source: str, err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    kind, msg = err["type"], err["msg"]
+    hint = ""
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+        hint = "; check the spelling (edgedistill recipe-schema lists every key)"
+    elif kind == "missing":
+        msg = "required key is missing"
+    return f"{source}: {loc or '<root>'}: {msg}{hint}"
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.key=value` pairs from --set; list items by index (pool.1.count=5000); values are YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set {item!r}: expected section.key=value, e.g. --set distill.epochs=5")
+        node: Any = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise BadInput(
+                        f"--set {item!r}: {'.'.join(parts[:depth]) or key} has {len(node)} entries; index with 0..{len(node) - 1}"
+                    )
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise BadInput(f"--set {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
+            if last:
+                node[part] = yaml.safe_load(raw)
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise BadInput(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: a recipe is a YAML mapping with keys name, teacher, pool, student, ...")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return recipe_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def recipe_from_dict(data: dict[str, Any], base_dir: Path = Path("."), source: str = "<recipe>") -> Recipe:
+    try:
+        recipe = Recipe.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise BadInput(_format_error(source, errors[0]) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")) from None
+    _check_files(recipe, source)
+    t = recipe.teacher
+    complete_teacher_spec(t, recipe.resolve(t.weights) if t.weights is not None else None, source)
+    return recipe
+
+
+def _pool_sources(recipe: Recipe, source: str) -> None:
+    """Each pool entry becomes the source kind its key names (edgedistill.inputs.pool.SOURCES), checked."""
+    kinds = SOURCES.names()
+    for i, entry in enumerate(recipe.pool):
+        raw = entry.model_dump()
+        named = [k for k in kinds if k in raw]
+        if len(named) != 1:
+            found = ", ".join(raw) or "nothing"
+            raise BadInput(
+                f"{source}: pool.{i}: a pool entry needs exactly one of " + ", ".join(f"`{k}:`" for k in kinds) + f" (it has {found})"
+            )
+        try:
+            recipe.pool[i] = SOURCES.get(named[0]).model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise BadInput(_format_error(source, {**err, "loc": ("pool", i, *err["loc"])})) from None
+        recipe.pool[i].check(recipe, f"{source}: pool.{i}")
+
+
+def _check_files(recipe: Recipe, source: str) -> None:
+    """Missing files are recipe errors, reported before any work starts."""
+    if recipe.teacher.weights is not None and not recipe.resolve(recipe.teacher.weights).is_file():
+        raise BadInput(f"{source}: teacher.weights: file {recipe.resolve(recipe.teacher.weights)} does not exist")
+    _pool_sources(recipe, source)
+    labeled = recipe.eval.labeled
+    if labeled:
+        if labeled.startswith("builtin:"):
+            if labeled[8:] not in BUILTINS:
+                raise BadInput(f"{source}: eval.labeled: unknown built-in source {labeled[8:]!r}; available: {', '.join(sorted(BUILTINS))}")
+        elif not recipe.resolve(Path(labeled)).is_dir():
+            raise BadInput(
+                f"{source}: eval.labeled: directory {recipe.resolve(Path(labeled))} does not exist "
+                "(use builtin:NAME or a folder of class subfolders)"
+            )
+
+
+def recipe_for_regate(run_dir: Path | None, recipe_path: Path | None, overrides: list[str], only_targets: list[str]):
+    """The recipe to validate with: RECIPE, or the one the run recorded in run.json; then --set, then --target.
+
+    Targets and budgets are inputs of the validate stage only, so re-gating never redoes select, distill or export.
+    """
+    if recipe_path is not None:
+        recipe = load_recipe(recipe_path, overrides)
+    elif run_dir is None:
+        raise BadInput("validate needs a RECIPE, or --run-dir DIR of an earlier run to re-gate with the recipe it recorded")
+    else:
+        run_json = Path(run_dir) / "run.json"
+        try:
+            recorded = json.loads(run_json.read_text())
+        except FileNotFoundError:
+            raise BadInput(f"{run_dir}: no run.json, so not a run directory; give the RECIPE or run compress first") from None
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{run_json}: not valid JSON ({exc})") from None
+        data = apply_overrides(recorded["recipe"], overrides)
+        recipe = recipe_from_dict(data, base_dir=Path(recorded.get("recipe_dir") or run_dir), source=str(run_json))
+    if only_targets:
+        names = [t.name for t in recipe.targets]
+        unknown = [n for n in only_targets if n not in names]
+        if unknown:
+            raise BadInput(f"--target {unknown[0]}: no such target; the recipe has {', '.join(names) or 'none'}")
+        recipe = recipe.model_copy(update={"targets": [t for t in recipe.targets if t.name in only_targets]})
+    return recipe

@@ -1,0 +1,231 @@
+"""The recipe's structure: pydantic models with no project imports.
+
+Fields that name an extension (pool source kinds, teacher formats, selection strategies, losses, runtimes) are
+plain strings or mappings here; edgedistill.extensions checks them against the registries that define them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(Strict):
+    """How the teacher expects its input: the student and the exported model inherit it."""
+
+    channels: Literal[1, 3]
+    size: Annotated[int, Field(gt=0, le=4096)]
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputSpec:
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(f"{key} needs {self.channels} value(s), one per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class TeacherSpec(Strict):
+    """The teacher from any source (docs/models.md); input and classes may come from the model file itself."""
+
+    arch: str = Field(
+        description="lenet5 (built-in), torchvision:NAME, timm:NAME or module.path:callable, with weights a state dict; "
+        "or a whole-model format (onnx, torchscript, pickle), with weights the model file"
+    )
+    weights: Path | None = Field(
+        None, description="model file relative to the recipe: .safetensors or .pth/.pt state dict, .onnx, TorchScript or pickle"
+    )
+    pretrained: str | None = Field(
+        None, description="published weights instead of a file: torchvision weights name (IMAGENET1K_V1, DEFAULT) or timm tag (default)"
+    )
+    trust_checkpoint: bool = Field(False, description="allow unpickling Python objects from weights; this runs code from the file")
+    input: InputSpec | None = Field(
+        None, description="required unless the model says it (ONNX input shape + mean/std metadata, pretrained weights)"
+    )
+    num_classes: Annotated[int, Field(ge=2)] | None = Field(None, description="required unless class_names or the model says it")
+    class_names: list[str] | None = None
+    feature_layer: str | None = Field(
+        None,
+        description="layer the feature loss matches: module or torchvision feature-extraction node name, "
+        "ONNX tensor name; default: the classifier's input",
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> TeacherSpec:
+        if self.num_classes is None and self.class_names:
+            self.num_classes = len(self.class_names)
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} entries but num_classes is {self.num_classes}")
+        return self
+
+
+class PoolEntry(BaseModel):
+    """One pool source, named by its key (`builtin: NAME`, `folder: PATH`, ...): the kinds registered in
+    edgedistill.inputs.pool.SOURCES, each with its own model there."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class SelectSpec(Strict):
+    strategy: str = Field("balanced", description="a strategy registered in edgedistill.stages.select.STRATEGIES")
+    per_class: Annotated[int, Field(gt=0)] = 1000
+    total: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="size of a global selection (dfnd, entropy, random); default per_class x classes"
+    )
+    dedup_threshold: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="samples whose teacher features have cosine similarity above this with a kept one do not fill a quota"
+    )
+    batch_size: Annotated[int, Field(gt=0)] = 512
+
+
+class ComputeSpec(Strict):
+    """How stages use the hardware; none of it changes the recipe's meaning, so a run launched with torchrun uses the same file."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of scoring and training; auto: bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU"
+    )
+    channels_last: bool | None = Field(None, description="memory format of conv nets; default: on for CUDA")
+    compile: bool = Field(False, description="torch.compile the student's training step")
+    workers: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="DataLoader processes per rank that decode pool files; default: none for built-in arrays, else up to 8"
+    )
+
+
+class ClassDropSpec(Strict):
+    mode: Literal["top_k", "min_prob", "none"] = "top_k"
+    top_k: Annotated[int, Field(ge=1)] = Field(3, description="top_k mode: keep each soft label's k most likely classes")
+    min_prob: Annotated[float, Field(gt=0, lt=1)] = Field(0.01, description="min_prob mode: drop classes below this probability")
+
+
+class StudentSpec(Strict):
+    arch: str = Field(
+        description="lenet5_half (built-in), torchvision:NAME, timm:NAME or module.path:callable; "
+        "sized to the teacher's classes and channels"
+    )
+    feature_layer: str | None = Field(
+        None,
+        description="layer matched to the teacher's features: module or torchvision feature-extraction node name; "
+        "default: the classifier's input",
+    )
+
+
+LossEntry = Annotated[float, Field(ge=0)] | dict[str, Any]
+
+
+class AugmentSpec(Strict):
+    max_rotate_deg: Annotated[float, Field(ge=0, le=180)] = 10.0
+    max_translate: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    hflip: bool = False
+    mixup: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="probability that a batch is mixed with a shuffled copy of itself")
+
+
+class DistillSpec(Strict):
+    epochs: Annotated[int, Field(gt=0)] = 20
+    batch_size: Annotated[int, Field(gt=1)] = 256
+    lr: Annotated[float, Field(gt=0)] = Field(0.003, description="peak learning rate of AdamW's one-cycle schedule")
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    loss: dict[str, LossEntry] = Field(
+        {"kd": 1.0, "feature": 1.0, "relation": 1.0},
+        description="loss name (registered in edgedistill.stages.losses.LOSSES) -> weight, or {weight: W, ...its parameters}; "
+        "a weight of 0 switches a loss off",
+    )
+    augment: AugmentSpec | None = AugmentSpec()
+
+
+class EvalSpec(Strict):
+    labeled: str | None = Field(None, description="builtin:NAME, or a folder with one subfolder per class")
+    limit: Annotated[int, Field(gt=0)] | None = None
+
+
+class Budget(Strict):
+    p99_ms: Annotated[float, Field(gt=0)] | None = None
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_int8_drop: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None,
+        description="fp32 minus INT8 student accuracy (teacher agreement without labels): on this target when "
+        "its precision is int8, else student.int8.onnx on ONNX Runtime CPU",
+    )
+
+
+class Int8Spec(Strict):
+    enabled: bool = Field(True, description="write student.int8.onnx, calibrated on the selected pool samples")
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: Annotated[int, Field(gt=0)] = Field(512, description="calibration images drawn from the selection")
+
+
+class ExportSpec(Strict):
+    int8: Int8Spec = Int8Spec()
+
+
+class TargetSpec(Strict):
+    name: str
+    runtime: str = Field("onnxruntime", description="a runtime of edgedistill.backends.RUNTIMES")
+    providers: list[str] | None = Field(
+        None,
+        description="ONNX Runtime execution providers in order of preference: "
+        "cpu, cuda, tensorrt (or ORT's names, e.g. CUDAExecutionProvider)",
+    )
+    threads: Annotated[int, Field(ge=0)] = 0
+    warmup: Annotated[int, Field(ge=0)] = 20
+    iterations: Annotated[int, Field(gt=0)] = 200
+    budget: Budget = Budget()
+    ssh: str | None = Field(None, description="validate on this device over SSH: host, user@host or a Host alias of your ssh config")
+    ssh_config: Path | None = Field(None, description="ssh config file (default: ~/.ssh/config), relative to the recipe")
+    known_hosts: Path | None = Field(None, description="known_hosts file (default: ssh's own), relative to the recipe")
+    host_key_policy: Literal["strict", "accept-new"] = "strict"
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="what the target runs: fp32 student.onnx, its INT8 copy, or an fp16 engine (the runtimes that build one)"
+    )
+    remote_python: str = Field("python3", description="Python with onnxruntime on the device (runtime onnxruntime over ssh)")
+    trtexec: str = Field("/usr/src/tensorrt/bin/trtexec", description="trtexec on the device (JetPack's default path)")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(600, description="limit for each step on the device: upload, engine build, one run")
+
+    def resolved(self, recipe: Recipe) -> TargetSpec:
+        """ssh_config and known_hosts are relative to the recipe file, like every other path in it."""
+        paths = {key: recipe.resolve(value) for key in ("ssh_config", "known_hosts") if (value := getattr(self, key)) is not None}
+        return self.model_copy(update=paths)
+
+
+class Recipe(Strict):
+    name: str
+    seed: int = 0
+    teacher: TeacherSpec
+    pool: Annotated[list[SerializeAsAny[PoolEntry]], Field(min_length=1)]
+    select: SelectSpec = SelectSpec()
+    class_drop: ClassDropSpec = ClassDropSpec()
+    student: StudentSpec
+    distill: DistillSpec = DistillSpec()
+    eval: EvalSpec = EvalSpec()
+    export: ExportSpec = ExportSpec()
+    targets: list[TargetSpec] = []
+    compute: ComputeSpec = ComputeSpec()
+
+    base_dir: Path = Field(Path("."), exclude=True, description="directory of the recipe file; relative paths resolve against it")
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
+        names = [t.name for t in targets]
+        if len(names) != len(set(names)):
+            raise ValueError("target names must be unique")
+        return targets
+
+    def resolve(self, path: Path) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def section(self, *names: str) -> dict[str, Any]:
+        """JSON-ready dump of some sections, the basis of stage fingerprints."""
+        return self.model_dump(mode="json", include=set(names))

@@ -1,0 +1,132 @@
+"""The one image decoder, suffix set and folder walker: the pool, labeled folders and INT8 calibration all read
+files through here, so every stage sees a file as the same array."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})
+
+
+class ImageShape(Protocol):
+    """What decoding needs of an input spec (edgedistill.config.schema.InputSpec has it)."""
+
+    channels: int
+    size: int
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be decoded; it is skipped and counted, never fatal."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float images are rescaled to 8 bits rather than clipped, as PIL's convert would."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(arr.max()), 1e-12) if arr.max() > 1 else 1.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img
+
+
+def decode_image(path: Path | BinaryIO, spec: ImageShape) -> np.ndarray:
+    """Any image file (a path or an open binary file) as uint8 (C, size, size): orientation fixed, shorter side resized, centre-cropped."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _to_8bit(img)
+                img = img.convert("L" if spec.channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(type(exc).__name__) from None
+    img = ImageOps.fit(img, (spec.size, spec.size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def convert_array(images: np.ndarray, spec: ImageShape, batch: int = 4096) -> np.ndarray:
+    """(N,H,W) or (N,H,W,3) uint8 to (N,C,size,size) uint8: channel conversion, then an antialiased resize."""
+    out = np.empty((len(images), spec.channels, spec.size, spec.size), dtype=np.uint8)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.array(images[start : start + batch], dtype=np.float32))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        if spec.channels == 1 and x.shape[1] == 3:
+            x = (x * luma).sum(1, keepdim=True)
+        elif spec.channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        h, w = x.shape[-2:]
+        if (h, w) != (spec.size, spec.size):
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            x = F.interpolate(
+                x[..., top : top + side, left : left + side],
+                size=(spec.size, spec.size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+        out[start : start + len(x)] = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def iter_images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, depth-first in name order, listed one directory at a time: a tree of
+    millions of files is never held as one list."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from iter_images(Path(entry.path))
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                yield Path(entry.path)
+        except OSError:  # a dangling or looping link: not an image
+            continue
+
+
+def sample_folder(folder: Path, spec: ImageShape, limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Up to `limit` decoded images from anywhere under `folder`, visited in a seeded shuffle (so a limit does
+    not take only the first class folder); also the unreadable files met on the way, as 'path: reason'."""
+    files = list(iter_images(folder))
+    images: list[np.ndarray] = []
+    bad: list[str] = []
+    for i in np.random.default_rng(seed).permutation(len(files)):
+        if len(images) >= limit:
+            break
+        try:
+            images.append(decode_image(files[i], spec))
+        except UnreadableImage as exc:
+            bad.append(f"{files[i]}: {exc}")
+    stacked = np.stack(images) if images else np.zeros((0, spec.channels, spec.size, spec.size), np.uint8)
+    return stacked, bad
+
+
+def standardize(x: torch.Tensor, spec) -> torch.Tensor:
+    """Float images in [0, 1] to the input the models were trained on (spec: an InputSpec)."""
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def normalize(x: torch.Tensor, spec) -> torch.Tensor:
+    """uint8 (N,C,H,W) to the float input the models were trained on."""
+    return standardize(x.float() / 255.0, spec)

@@ -1,0 +1,102 @@
+"""Teachers from every source a recipe can name (docs/models.md), and what each source says about its own input
+and classes.
+
+`teacher.arch` is either a registered whole-model format (FORMATS: onnx, torchscript, pickle; `weights` is the
+model file), or an architecture (lenet5, torchvision:NAME, timm:NAME, module.path:callable) with a state dict or
+published weights. Adding a format is one module here with one `@FORMATS.register("name")` class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from torch import nn
+
+from ...config.schema import InputSpec, TeacherSpec
+from ...errors import BadInput
+from ..factory import check_model_runs
+from ..features import resolve_feature_layer, set_feature_layer
+from . import onnx, pickle, torchscript  # noqa: F401  (each registers its format)
+from .architecture import ArchitectureFormat
+from .base import FORMATS, SourceFacts, TeacherFormat
+
+
+def teacher_format(arch: str) -> TeacherFormat:
+    return FORMATS.get(arch)() if arch in FORMATS else ArchitectureFormat()
+
+
+def source_facts(spec: TeacherSpec, weights: Path | None) -> SourceFacts:
+    fmt = teacher_format(spec.arch)
+    fmt.check(spec, weights)
+    return fmt.facts(spec, weights)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(abs(x - y) <= 1e-4 for x, y in zip(a, b))
+    return a == b
+
+
+def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -> None:
+    """Fills teacher.input, num_classes and class_names from the model where the recipe leaves them out;
+    where both speak and disagree, the recipe is wrong (a BadInput), never silently overridden."""
+    try:
+        facts = source_facts(spec, weights)
+    except BadInput as exc:
+        raise BadInput(f"{where}: teacher: {exc}") from None
+    said = {key: getattr(facts, key) for key in ("channels", "size", "mean", "std")}
+    if spec.input is None:
+        missing = [k for k, v in said.items() if v is None]
+        if missing:
+            raise BadInput(f"{where}: teacher.input: required key is missing; {facts.origin} does not say its {', '.join(missing)}")
+        try:
+            spec.input = InputSpec(**said)
+        except ValidationError as exc:
+            raise BadInput(f"{where}: teacher.input from {facts.origin}: {exc.errors()[0]['msg']}") from None
+    else:
+        for key, value in said.items():
+            if value is not None and not _same(getattr(spec.input, key), value):
+                raise BadInput(
+                    f"{where}: teacher.input.{key} is {getattr(spec.input, key)} but {facts.origin} says {value}; "
+                    "fix the recipe" + (" or drop teacher.input to use the model's" if None not in said.values() else "")
+                )
+    if facts.num_classes is None and facts.class_names:
+        facts.num_classes = len(facts.class_names)
+    if facts.num_classes is not None:
+        if spec.num_classes is None:
+            spec.num_classes = facts.num_classes
+        elif spec.num_classes != facts.num_classes:
+            raise BadInput(
+                f"{where}: teacher.num_classes: class-count mismatch: the recipe says {spec.num_classes} "
+                f"but {facts.origin} has {facts.num_classes}"
+            )
+    if spec.num_classes is None:
+        raise BadInput(
+            f"{where}: teacher.num_classes: required key is missing; {facts.origin} does not say how many classes "
+            "(give num_classes or class_names)"
+        )
+    if facts.class_names:
+        if len(facts.class_names) != spec.num_classes:
+            raise BadInput(f"{where}: {facts.origin} names {len(facts.class_names)} classes but the model has {spec.num_classes}")
+        if spec.class_names is None:
+            spec.class_names = [str(c) for c in facts.class_names]
+        elif spec.class_names != [str(c) for c in facts.class_names]:
+            i = next(i for i, (a, b) in enumerate(zip(spec.class_names, facts.class_names)) if a != str(b))
+            raise BadInput(
+                f"{where}: teacher.class_names differ from {facts.origin}: class {i} is {spec.class_names[i]!r} "
+                f"in the recipe but {facts.class_names[i]!r} in the model"
+            )
+
+
+def load_teacher_model(spec: TeacherSpec, weights: Path | None, search_path: Path | None = None) -> nn.Module:
+    """The frozen teacher in eval mode, checked to map the recipe's input to num_classes logits."""
+    if spec.input is None or spec.num_classes is None:
+        complete_teacher_spec(spec, weights, "teacher")
+    model = teacher_format(spec.arch).load(spec, weights, search_path)
+    model.eval()
+    if spec.feature_layer is not None:
+        resolve_feature_layer(model, spec.feature_layer, "teacher.feature_layer")
+    set_feature_layer(model, spec.feature_layer)
+    return check_model_runs(model, spec.input, spec.num_classes, "teacher")

@@ -1,0 +1,52 @@
+"""What every teacher format provides, and the registry of the formats a recipe's `teacher.arch` can name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ...errors import BadInput
+from ...registry import Registry
+
+if TYPE_CHECKING:
+    from ...config.schema import TeacherSpec
+
+
+@dataclass
+class SourceFacts:
+    """What the model itself says; None where it is silent."""
+
+    origin: str
+    channels: int | None = None
+    size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+
+
+class TeacherFormat:
+    """One kind of teacher source. Whole-model formats take the model file as `weights`; the architecture format
+    (architecture.py) builds the network from code and loads a state dict into it."""
+
+    whole_model = True
+    description = ""
+
+    def check(self, spec: TeacherSpec, weights: Path | None) -> None:
+        """What is wrong with the recipe's teacher section for this format, found without loading the model."""
+        if weights is None:
+            raise BadInput(f"teacher.weights: arch {spec.arch} needs weights: the model file")
+        if spec.pretrained is not None:
+            raise BadInput("teacher.pretrained applies to torchvision:NAME and timm:NAME teachers")
+
+    def facts(self, spec: TeacherSpec, weights: Path | None) -> SourceFacts:
+        return SourceFacts(self.description)
+
+    def load(self, spec: TeacherSpec, weights: Path | None, search_path: Path | None) -> nn.Module:
+        raise NotImplementedError
+
+
+FORMATS: Registry[type[TeacherFormat]] = Registry("teacher.arch format")

@@ -1,0 +1,138 @@
+"""The CI gate files: JUnit XML for test reporters, a markdown table for job summaries.
+
+Both are read from report.json, so `edgedistill report RUN_DIR` and a re-gated run
+write the same files a full `compress` does.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from .report import (
+    EXIT_BUDGET_FAILED,
+    EXIT_PASSED,
+    EXIT_TARGET_UNAVAILABLE,
+    device_label,
+    exit_code,
+    format_figure,
+    throughput_rows,
+    verdict_message,
+)
+
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _clean(text: object) -> str:
+    return _XML_ILLEGAL.sub("?", str(text))
+
+
+def junit_xml(report: dict) -> str:
+    """One testcase per target and budget (classname = target); failed budgets are <failure>, unmeasured ones <error>."""
+    targets = report.get("targets", [])
+    cases = []
+    for target in targets:
+        budgets = list((target.get("budget") or {}).keys())
+        if target.get("error"):
+            cases += [(target["name"], name, "error", target["error"]) for name in budgets or ["available"]]
+        elif not target.get("verdicts"):
+            cases.append((target["name"], "available", None, "measured; no budgets set"))
+        else:
+            cases += [(target["name"], v["budget"], None if v["passed"] else "failure", verdict_message(v)) for v in target["verdicts"]]
+    failures = sum(kind == "failure" for *_, kind, _ in cases)
+    errors = sum(kind == "error" for *_, kind, _ in cases)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    root = ET.Element("testsuites", name="edgedistill", tests=str(len(cases)), failures=str(failures), errors=str(errors), time="0")
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name=_clean(f"edgedistill {report.get('name', '')}"),
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time="0",
+        timestamp=stamp,
+    )
+    properties = ET.SubElement(suite, "properties")
+    for key, value in (
+        ("eval", report.get("eval", {}).get("name")),
+        ("student", report.get("student", {}).get("arch")),
+        ("teacher", report.get("teacher", {}).get("arch")),
+        ("exit_code", exit_code(report)),
+    ):
+        ET.SubElement(properties, "property", name=key, value=_clean(value))
+    for classname, name, kind, message in cases:
+        case = ET.SubElement(suite, "testcase", classname=_clean(classname), name=_clean(name), time="0")
+        if kind == "failure":
+            ET.SubElement(case, "failure", message=_clean(message), type="BudgetFailed").text = _clean(message)
+        elif kind == "error":
+            ET.SubElement(case, "error", message=_clean(message), type="TargetUnavailable").text = _clean(message)
+        else:
+            ET.SubElement(case, "system-out").text = _clean(message)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def summary_markdown(report: dict) -> str:
+    """A table for $GITHUB_STEP_SUMMARY (or any CI job page that renders markdown)."""
+    code = exit_code(report)
+    headline = {EXIT_PASSED: "✅ all budgets met", EXIT_BUDGET_FAILED: "❌ budget failed", EXIT_TARGET_UNAVAILABLE: "⚠️ target unavailable"}[
+        code
+    ]
+    teacher, student, evaluation = report.get("teacher", {}), report.get("student", {}), report.get("eval", {})
+    lines = [f"### edgedistill `{_cell(report.get('name', ''))}`: {headline} (exit {code})", ""]
+    if student:
+        lines += [
+            f"Student `{_cell(student['arch'])}`: {student['parameters']:,} parameters, "
+            f"{student['onnx_bytes'] / 1024:.0f} KiB ONNX. Teacher `{_cell(teacher.get('arch'))}`: "
+            f"{teacher.get('parameters', 0):,} parameters, accuracy {_percent(teacher.get('accuracy'))}. "
+            f"Eval set: {_cell(evaluation.get('name'))} ({evaluation.get('samples')} images"
+            f"{', labeled' if evaluation.get('labeled') else ', teacher agreement only'}).",
+            "",
+        ]
+    lines += ["| target | device | runtime | accuracy | agreement | p50 ms | p99 ms | result |", "|---|---|---|--:|--:|--:|--:|---|"]
+    for t in report.get("targets", []):
+        latency = t.get("latency") or {}
+        result = "⚠️ unavailable" if t.get("error") else ("✅ pass" if t.get("passed") else "❌ fail")
+        lines.append(
+            f"| {_cell(t['name'])} | {_cell(device_label(t))} | {_cell(t['runtime'])} | {_percent(t.get('accuracy'))} | "
+            f"{_percent(t.get('agreement'))} | {_ms(latency.get('p50_ms'))} | {_ms(latency.get('p99_ms'))} | {result} |"
+        )
+    lines += ["", "| target | budget | measured | limit | result |", "|---|---|--:|--:|---|"]
+    for t in report.get("targets", []):
+        if t.get("error"):
+            lines.append(f"| {_cell(t['name'])} | {_cell(', '.join(t.get('budget') or {}) or '-')} | - | - | ⚠️ {_cell(t['error'])} |")
+            continue
+        for v in t.get("verdicts", []):
+            lines.append(
+                f"| {_cell(t['name'])} | {v['budget']} | {format_figure(v['budget'], v['measured'])} | "
+                f"{format_figure(v['budget'], v['limit'])} | {'✅ pass' if v['passed'] else '❌ fail'} ({_cell(v['basis'])}) |"
+            )
+        if not t.get("verdicts"):
+            lines.append(f"| {_cell(t['name'])} | - | - | - | no budgets set |")
+    rates = throughput_rows(report)
+    if rates:
+        lines += ["", "| stage | images/s | ceiling | ratio |", "|---|--:|---|--:|"]
+        lines += [f"| {stage} | {rate:,.0f} | {ceiling} {bare:,.0f}/s | {ratio:.2f} |" for stage, rate, ceiling, bare, ratio in rates]
+    return "\n".join(lines) + "\n"
+
+
+def write_gate_files(run_dir: Path, report: dict) -> None:
+    atomic_write_text(Path(run_dir) / "junit.xml", junit_xml(report))
+    atomic_write_text(Path(run_dir) / "summary.md", summary_markdown(report))

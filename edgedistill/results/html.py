@@ -1,0 +1,319 @@
+"""report.html: one self-contained page per run (plots embedded as PNG) to judge a run without tools.
+
+Built only from files in the run dir (report.json, selection.json data inside it, selected.npz,
+latency_samples.json, student.json), so `edgedistill report RUN_DIR` can rebuild it anywhere.
+Figures use matplotlib's object API with the Agg canvas: no pyplot state, no display needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write_text
+from ..errors import BadInput
+from .report import device_label, exit_code, format_figure, throughput_rows, verdict_message
+from .selection import load_selection
+
+GRID_CLASSES = 20
+GRID_PER_CLASS = 8
+POOL_COLOR, SELECTED_COLOR = "#9db4d6", "#1f5fa8"
+PALETTE = ["#1f5fa8", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#666666"]
+SHOWN_FACTS = (
+    "runtime",
+    "version",
+    "tensorrt",
+    "precision",
+    "device_model",
+    "soc",
+    "gpu",
+    "l4t",
+    "jetpack",
+    "power_mode",
+    "system",
+    "processor",
+    "cpus",
+    "intra_op_threads",
+    "ssh",
+    "hostname",
+    "note",
+)
+
+
+def _figure(width: float, height: float, **margins: float):
+    """Fixed margins instead of constrained layout: the same look at half the drawing time."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=96)
+    fig.subplots_adjust(
+        **{
+            "left": 0.8 / width,
+            "right": 1 - 0.2 / width,
+            "bottom": 0.75 / height,
+            "top": 1 - 0.4 / height,
+            "wspace": 0.3,
+            "hspace": 0.7,
+            **margins,
+        }
+    )
+    return fig
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="white")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(fig, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+
+
+def class_histogram(selection: dict, class_names: list[str]) -> str:
+    pool = np.asarray(selection.get("pool_predicted_per_class") or [], dtype=float)
+    chosen = np.asarray(selection.get("selected_per_class") or [], dtype=float)
+    k = max(len(pool), len(chosen))
+    fig = _figure(max(6.0, min(16.0, 0.45 * k + 2)), 3.6)
+    ax_pool, ax_sel = fig.subplots(1, 2)
+    ticks = np.arange(k)
+    for ax, values, color, title in (
+        (ax_pool, pool, POOL_COLOR, f"pool: teacher's top class ({int(pool.sum()):,} images)"),
+        (ax_sel, chosen, SELECTED_COLOR, f"selection ({int(chosen.sum()):,} images)"),
+    ):
+        ax.bar(ticks[: len(values)], values, color=color)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("images")
+        if k <= 30:
+            ax.set_xticks(ticks, class_names[:k], rotation=90 if max(map(len, class_names[:k] or [""])) > 3 else 0, fontsize=8)
+    return _img(fig, "teacher-predicted class histogram of the pool and of the selection")
+
+
+def selection_grid(npz: Path, class_names: list[str]) -> str | None:
+    """One mosaic image (rows: classes, left to right: falling teacher confidence); one imshow keeps it fast."""
+    selection = load_selection(npz)
+    images, probs = selection.images, selection.probs
+    if not len(images):
+        return None
+    top, confidence = probs.argmax(1), probs.max(1)
+    classes = [c for c in range(probs.shape[1]) if (top == c).any()][:GRID_CLASSES]
+    _, channels, height, width = images.shape
+    pad = max(1, height // 14)
+    cell_h, cell_w = height + pad, width + pad
+    mosaic = np.full((len(classes) * cell_h + pad, GRID_PER_CLASS * cell_w + pad, 3), 255, np.uint8)
+    for row, c in enumerate(classes):
+        members = np.flatnonzero(top == c)
+        for col, index in enumerate(members[np.argsort(-confidence[members])][:GRID_PER_CLASS]):
+            image = images[index]
+            rgb = np.repeat(image[:1], 3, 0) if channels == 1 else image[:3]
+            y, x = pad + row * cell_h, pad + col * cell_w
+            mosaic[y : y + height, x : x + width] = np.transpose(rgb, (1, 2, 0))
+    labels = [class_names[c] if c < len(class_names) else str(c) for c in classes]
+    width = 0.75 * GRID_PER_CLASS + 1.0 + 0.07 * max(map(len, labels))
+    fig = _figure(width, 0.75 * len(classes) + 0.9, left=(0.75 + 0.07 * max(map(len, labels))) / width)
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([pad + row * cell_h + height / 2 for row in range(len(classes))], labels, fontsize=9)
+    ax.set_xticks([])
+    ax.set_ylabel("teacher's class")
+    ax.set_xlabel("most confident first")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return _img(fig, "most confident selected pool images per class")
+
+
+def learning_curves(history: list[dict]) -> str | None:
+    if not history:
+        return None
+    epochs = [h["epoch"] for h in history]
+    losses = [k for k in history[0] if k not in ("epoch", "lr", "agreement", "accuracy") and isinstance(history[0][k], (int, float))]
+    scores = [k for k in ("agreement", "accuracy") if k in history[0]]
+    fig = _figure(11, 3.6)
+    ax_loss, ax_score = fig.subplots(1, 2)
+    for i, key in enumerate(losses):
+        ax_loss.plot(epochs, [h.get(key) for h in history], marker="o", color=PALETTE[i % len(PALETTE)], label=key)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_score):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.set_title("distillation loss (per-epoch mean)", fontsize=10)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.legend(fontsize=8)
+    for i, key in enumerate(scores):
+        ax_score.plot(epochs, [h.get(key) for h in history], marker="o", color=PALETTE[i], label=key)
+    ax_score.set_title("student on the eval set", fontsize=10)
+    ax_score.set_xlabel("epoch")
+    ax_score.set_ylim(0, 1.02)
+    if scores:
+        ax_score.legend(fontsize=8)
+    return _img(fig, "learning curves")
+
+
+def latency_histograms(targets: list[dict], samples: dict) -> str | None:
+    measured = [t for t in targets if (samples.get(t["name"]) or {}).get("samples_ms")]
+    if not measured:
+        return None
+    fig = _figure(11, 3.0 * len(measured), hspace=0.5)
+    axes = fig.subplots(len(measured), 1, squeeze=False)
+    for ax, target in zip((row[0] for row in axes), measured):
+        values = np.asarray(samples[target["name"]]["samples_ms"])
+        ax.hist(values, bins=min(60, max(10, len(values) // 4)), color=SELECTED_COLOR, alpha=0.85)
+        p50, p99 = np.percentile(values, [50, 99])
+        ax.axvline(p50, color="#1b9e77", linestyle="--", label=f"p50 {p50:.3f} ms")
+        ax.axvline(p99, color="#d95f02", linestyle="--", label=f"p99 {p99:.3f} ms")
+        limit = (target.get("budget") or {}).get("p99_ms")
+        if limit is not None and limit <= 2 * values.max():
+            ax.axvline(limit, color="#c00000", linewidth=2, label=f"p99 budget {limit:g} ms")
+        elif limit is not None:
+            ax.plot([], [], color="#c00000", linewidth=2, label=f"p99 budget {limit:g} ms (off scale)")
+        ax.set_title(
+            f"{target['name']}: latency at batch {samples[target['name']].get('batch', 1)} ({len(values)} runs) on {device_label(target)}",
+            fontsize=10,
+        )
+        ax.set_xlabel("ms")
+        ax.set_ylabel("runs")
+        ax.legend(fontsize=8)
+    return _img(fig, "latency histograms per target")
+
+
+def _esc(value: object) -> str:
+    return html.escape("-" if value is None else str(value))
+
+
+def _verdict_rows(targets: list[dict]) -> str:
+    rows = []
+    for t in targets:
+        if t.get("error"):
+            budgets = ", ".join(t.get("budget") or {}) or "-"
+            rows.append(
+                f'<tr class="error"><td>{_esc(t["name"])}</td><td>{_esc(budgets)}</td><td>-</td><td>-</td>'
+                f"<td>unavailable: {_esc(t['error'])}</td></tr>"
+            )
+        for v in t.get("verdicts", []):
+            css = "pass" if v["passed"] else "fail"
+            rows.append(
+                f'<tr class="{css}"><td>{_esc(t["name"])}</td><td>{_esc(v["budget"])}</td>'
+                f"<td>{_esc(format_figure(v['budget'], v['measured']))}</td><td>{_esc(format_figure(v['budget'], v['limit']))}</td>"
+                f"<td>{'pass' if v['passed'] else 'FAIL'}: {_esc(verdict_message(v))}</td></tr>"
+            )
+        if not t.get("error") and not t.get("verdicts"):
+            rows.append(f'<tr><td>{_esc(t["name"])}</td><td colspan="4">no budgets set</td></tr>')
+    return "".join(rows)
+
+
+def _target_rows(targets: list[dict]) -> str:
+    rows = []
+    for t in targets:
+        latency = t.get("latency") or {}
+        facts = t.get("facts") or {}
+        shown = "; ".join(f"{k}: {facts[k]}" for k in SHOWN_FACTS if facts.get(k) not in (None, "", []))
+        percent = lambda v: "-" if v is None else f"{v:.2%}"
+        rows.append(
+            f"<tr><td>{_esc(t['name'])}</td><td>{_esc(t['runtime'])}</td><td>{_esc(device_label(t))}</td>"
+            f"<td>{percent(t.get('accuracy'))}</td><td>{percent(t.get('agreement'))}</td>"
+            f"<td>{_esc(format_figure('p50_ms', latency.get('p50_ms')))}</td>"
+            f"<td>{_esc(format_figure('p99_ms', latency.get('p99_ms')))}</td>"
+            f'<td class="facts">{_esc(shown or t.get("error"))}</td></tr>'
+        )
+    return "".join(rows)
+
+
+def _class_names(run_dir: Path, k: int) -> list[str]:
+    try:
+        names = json.loads((run_dir / "student.json").read_text()).get("class_names")
+    except (OSError, json.JSONDecodeError):
+        names = None
+    return [str(n) for n in names] if names and len(names) >= k else [str(i) for i in range(k)]
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1150px;color:#222}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f2f4f7}tr.pass td:last-child{color:#116611}tr.fail td,tr.error td{background:#fde8e8}
+td.facts{font-size:11px;color:#555;max-width:420px}img{max-width:100%;display:block;margin:6px 0}
+.verdict{display:inline-block;padding:3px 10px;border-radius:4px;color:#fff;font-weight:600}
+.v0{background:#1b7f3b}.v3{background:#c62828}.v4{background:#b26a00}.muted{color:#666;font-size:13px}
+"""
+
+
+def build_report_html(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{run_dir}: no report.json; run `edgedistill validate` (or compress) for this run first") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{run_dir / 'report.json'}: not valid JSON ({exc})") from None
+    try:
+        samples = json.loads((run_dir / "latency_samples.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        samples = {}
+    targets = report.get("targets", [])
+    selection = report.get("selection") or {}
+    k = len(selection.get("pool_predicted_per_class") or selection.get("selected_per_class") or [])
+    names = _class_names(run_dir, k)
+    code = exit_code(report)
+    verdict = {0: "all budgets met", 3: "budget failed", 4: "target unavailable"}[code]
+    teacher, student, evaluation, parity = (report.get(key) or {} for key in ("teacher", "student", "eval", "parity"))
+
+    sections = [
+        f"<h1>edgedistill report: {_esc(report.get('name'))}</h1>",
+        f'<p><span class="verdict v{code}">{verdict} (exit {code})</span></p>',
+    ]
+    if student:
+        sections.append(
+            f"<p>Student <b>{_esc(student.get('arch'))}</b>: {student.get('parameters', 0):,} parameters, "
+            f"{student.get('onnx_bytes', 0) / 1024:.0f} KiB ONNX. Teacher <b>{_esc(teacher.get('arch'))}</b>: "
+            f"{teacher.get('parameters', 0):,} parameters, accuracy "
+            f"{'-' if teacher.get('accuracy') is None else format(teacher['accuracy'], '.2%')}. "
+            f"Eval set: {_esc(evaluation.get('name'))} ({_esc(evaluation.get('samples'))} images). "
+            f"ONNX vs PyTorch: top-1 agreement {_esc(parity.get('top1_agreement'))}, "
+            f"max |diff| {_esc(None if parity.get('max_abs_diff') is None else format(parity['max_abs_diff'], '.2g'))}.</p>"
+        )
+    sections += [
+        "<h2>Budgets</h2>",
+        f"<table><tr><th>target</th><th>budget</th><th>measured</th><th>limit</th><th>verdict</th></tr>{_verdict_rows(targets)}</table>",
+        "<h2>Targets</h2>",
+        "<table><tr><th>target</th><th>runtime</th><th>device</th><th>accuracy</th><th>agreement</th>"
+        f"<th>p50</th><th>p99</th><th>facts</th></tr>{_target_rows(targets)}</table>",
+    ]
+    rates = throughput_rows(report)
+    if rates:
+        sections += [
+            "<h2>Throughput</h2>",
+            "<table><tr><th>stage</th><th>images/s</th><th>ceiling</th><th>ceiling images/s</th><th>ratio</th></tr>"
+            + "".join(
+                f"<tr><td>{stage}</td><td>{rate:,.0f}</td><td>{ceiling}</td><td>{bare:,.0f}</td><td>{ratio:.2f}</td></tr>"
+                for stage, rate, ceiling, bare, ratio in rates
+            )
+            + "</table>",
+        ]
+    plots = [
+        ("Latency", lambda: latency_histograms(targets, samples)),
+        ("Selection from the pool", lambda: class_histogram(selection, names) if k else None),
+        (
+            "Selected pool images (most confident per class)",
+            lambda: selection_grid(run_dir / "selected.npz", names) if (run_dir / "selected.npz").is_file() else None,
+        ),
+        ("Learning curves", lambda: learning_curves(report.get("history") or [])),
+    ]
+    for title, draw in plots:
+        image = draw()
+        sections.append(f"<h2>{_esc(title)}</h2>" + (image or '<p class="muted">no data in this run</p>'))
+    body = "\n".join(sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgedistill: {_esc(report.get("name"))}</title>'
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report_html(run_dir: Path) -> Path:
+    path = Path(run_dir) / "report.html"
+    atomic_write_text(path, build_report_html(run_dir))
+    return path

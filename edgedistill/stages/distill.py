@@ -1,0 +1,303 @@
+"""Distill: the student learns the teacher's logits, features and batch relations on the selected samples."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..atomic import atomic_path, atomic_torch_save
+from ..config.schema import AugmentSpec, ClassDropSpec, DistillSpec, InputSpec
+from ..errors import BadInput
+from ..inputs.images import normalize, standardize
+from ..models.features import FeatureTap
+from ..scale.compute import Compute
+from ..scale.distributed import all_reduce_grads, barrier, broadcast_object, world
+from .class_drop import drop_classes
+from .losses import LOSSES, LossInputs
+
+
+class Distiller(nn.Module):
+    """Teacher pinned to eval and frozen; `forward` returns the loss parts and the student's logits."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        spec: DistillSpec,
+        class_drop: ClassDropSpec,
+        input_spec: InputSpec,
+        teacher_layer: str | None = None,
+        student_layer: str | None = None,
+    ):
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student = student
+        self.class_drop = class_drop
+        self.teacher_tap, self.student_tap = FeatureTap(teacher, teacher_layer), FeatureTap(student, student_layer)
+        with torch.no_grad():
+            probe = torch.zeros(2, input_spec.channels, input_spec.size, input_spec.size, device=next(student.parameters()).device)
+            was_training = student.training
+            student.eval()
+            self.teacher(probe), self.student(probe)
+            student.train(was_training)
+        student_dim = self.student_tap.features.flatten(1).shape[1]
+        teacher_dim = self.teacher_tap.features.flatten(1).shape[1]
+        self.parts = nn.ModuleDict()  # in the recipe's order, which is the order their sum is taken in
+        self.weights: dict[str, float] = {}
+        for name, entry in spec.loss.items():
+            part = LOSSES.get(name, "distill.loss")
+            params = part.params(entry, f"distill.loss.{name}")
+            if params.weight:
+                self.parts[name] = part.build(params, student_dim, teacher_dim)
+                self.weights[name] = params.weight
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) in float32."""
+        with torch.no_grad():
+            logits = self.teacher(x)
+            return logits.float(), self.teacher_tap.features.flatten(1).float()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        teacher_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+        student: nn.Module | None = None,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> dict[str, torch.Tensor]:
+        """`teacher_out`: the teacher's stored outputs for `x` (no augmentation); `student`: the student's
+        DDP or compiled wrapper; the losses are computed in float32 outside `autocast`."""
+        with autocast():
+            teacher_logits, teacher_features = teacher_out if teacher_out is not None else self.teacher_outputs(x)
+            student_logits = (student if student is not None else self.student)(x)
+        student_logits, student_features = student_logits.float(), self.student_tap.features.float()
+        cd = self.class_drop
+        soft: dict[float, torch.Tensor] = {}
+
+        def soft_labels(temperature: float) -> torch.Tensor:
+            if temperature not in soft:
+                soft[temperature] = drop_classes(
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    top_k=cd.top_k if cd.mode == "top_k" else None,
+                    min_prob=cd.min_prob if cd.mode == "min_prob" else None,
+                )
+            return soft[temperature]
+
+        inputs = LossInputs(student_logits, teacher_logits, student_features, teacher_features, soft_labels)
+        parts = {name: self.weights[name] * part.compute(inputs) for name, part in self.parts.items()}
+        parts["loss"] = sum(parts.values())
+        parts["student_logits"] = student_logits
+        parts["teacher_logits"] = teacher_logits
+        return parts
+
+
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random affine (rotation, scale, translation) and optional flip, in one grid_sample call.
+
+    Works on [0, 1] images so that the area uncovered by the transform is black, not the mean colour.
+    With `mixup`, images are blended with others of the batch: the teacher labels the blend, so the
+    selected set is widened without any label noise.
+    """
+    n = len(x)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(spec.max_rotate_deg)
+    scale = spec.scale[0] + torch.rand(n, generator=generator) * (spec.scale[1] - spec.scale[0])
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * spec.max_translate * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if spec.hflip else torch.ones(n)
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if spec.mixup and torch.rand((), generator=generator) < spec.mixup:
+        lam = torch.rand(n, 1, 1, 1, generator=generator)
+        x = lam * x + (1 - lam) * x[torch.randperm(n, generator=generator)]
+    return x
+
+
+GRAD_CLIP = 5.0  # out-of-domain batches can carry extreme teacher features; clipping keeps one from derailing training
+
+
+@dataclass
+class DistillResult:
+    student: nn.Module
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0  # > 0 when resumed from a checkpoint
+    images_per_s: float | None = None  # training loop only (data, augmentation, step), all ranks together
+
+
+class SelectedBatches(torch.utils.data.Dataset):
+    """Indexed by a whole batch of positions (a BatchSampler's list): one fancy-index read per batch, from RAM or a memory map."""
+
+    def __init__(self, images: np.ndarray, teacher_outputs: np.ndarray | None):
+        self.images, self.teacher_outputs = images, teacher_outputs
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        order = np.sort(np.asarray(positions))  # sorted reads are sequential on a memory map; a batch has no order
+        images = torch.from_numpy(np.ascontiguousarray(self.images[order]))
+        stored = None if self.teacher_outputs is None else torch.from_numpy(np.ascontiguousarray(self.teacher_outputs[order]))
+        return images, stored
+
+
+def store_teacher_outputs(
+    distiller: Distiller, images: np.ndarray, input_spec: InputSpec, path: Path, compute: Compute, batch: int = 512
+) -> None:
+    """The teacher's logits and features for every selected image, as one float32 (N, classes + features) array
+    memory-mapped from `path`: without augmentation they never change, so training skips the teacher."""
+    if not path.exists():
+        logits, features = distiller.teacher_outputs(compute.input(normalize(torch.from_numpy(images[:2]).to(compute.device), input_spec)))
+        width = logits.shape[1] + features.shape[1]
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), width))
+            for start in range(0, len(images), batch):
+                x = compute.input(normalize(torch.from_numpy(images[start : start + batch]).to(compute.device), input_spec))
+                with compute.autocast():
+                    logits, features = distiller.teacher_outputs(x)
+                out[start : start + len(x)] = torch.cat([logits, features], 1).cpu().numpy()
+            out.flush()
+            del out
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: np.ndarray,
+    spec: DistillSpec,
+    class_drop: ClassDropSpec,
+    input_spec: InputSpec,
+    seed: int,
+    checkpoint: Path | None = None,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+    compute: Compute | None = None,
+    teacher_cache: Path | None = None,
+) -> DistillResult:
+    """Trains `student` in place; with `checkpoint`, resumes from the last finished epoch.
+
+    Under torchrun, each rank trains on its DistributedSampler share of every global batch of `spec.batch_size`
+    (the same optimization as one process; relation losses see each rank's part of the batch), only the student
+    is wrapped in DDP, and rank 0 evaluates and writes the checkpoint. Without augmentation and with
+    `teacher_cache`, the teacher's outputs are computed once and memory-mapped.
+    """
+    w = world()
+    compute = compute or Compute(w.device, None, False, False)
+    if spec.batch_size % w.size:
+        raise BadInput(f"distill.batch_size {spec.batch_size} does not split evenly over {w.size} ranks; use a multiple of {w.size}")
+    local_batch = spec.batch_size // w.size
+    torch.manual_seed(seed)
+    compute.prepare(teacher)
+    compute.prepare(student)
+    distiller = Distiller(teacher, student, spec, class_drop, input_spec).to(compute.device)
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    loss_params = list(distiller.parts.parameters())  # the feature adapter: trained beside the student, outside DDP
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    steps_per_epoch = max(1, len(images) // spec.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.15, anneal_strategy="cos"
+    )
+    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.dtype is torch.float16)
+    history: list[dict] = []
+    start_epoch = 0
+    state = None
+    if checkpoint is not None and w.main and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = broadcast_object(state)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        distiller.parts.load_state_dict(state["losses"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"]
+    stored = None
+    if spec.augment is None and teacher_cache is not None:
+        if w.main:
+            store_teacher_outputs(distiller, images, input_spec, teacher_cache, compute)
+        barrier()
+        stored = np.load(teacher_cache, mmap_mode="c")  # copy-on-write: writable for torch.from_numpy, never written
+    classes = None if stored is None else stored.shape[1] - distiller.teacher_tap.features.flatten(1).shape[1]
+    step_student: nn.Module = student
+    if w.distributed:
+        step_student = DistributedDataParallel(student, device_ids=[compute.device] if compute.device.type == "cuda" else None)
+    if compute.compile:
+        step_student = torch.compile(step_student)
+    sampler = torch.utils.data.DistributedSampler(range(len(images)), num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+    loader = torch.utils.data.DataLoader(
+        SelectedBatches(images, stored),
+        batch_size=None,
+        pin_memory=compute.pin_memory,
+        sampler=torch.utils.data.BatchSampler(sampler, local_batch, drop_last=True),
+    )
+    train_seconds, trained = 0.0, 0
+    for epoch in range(start_epoch, spec.epochs):
+        tick = time.perf_counter()
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * w.rank)
+        distiller.train()
+        sums: dict[str, float] = {}
+        for step, (batch, teacher_out) in enumerate(loader):
+            if step == steps_per_epoch:
+                break
+            batch = batch.to(compute.device, non_blocking=True).float() / 255.0
+            if spec.augment is not None:
+                batch = augment_batch(batch, spec.augment, generator)
+            if teacher_out is not None:
+                teacher_out = teacher_out.to(compute.device, non_blocking=True)
+                teacher_out = (teacher_out[:, :classes], teacher_out[:, classes:])
+            parts = distiller(compute.input(standardize(batch, input_spec)), teacher_out, step_student, compute.autocast)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(parts["loss"]).backward()
+            all_reduce_grads(loss_params)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for k, v in parts.items():
+                if k not in ("student_logits", "teacher_logits"):
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if on_step and w.main:
+                on_step()
+        if compute.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - tick
+        trained += steps_per_epoch * spec.batch_size
+        record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0]}
+        if evaluate is not None and w.main:
+            student.eval()
+            record.update(evaluate(student))
+        history.append(record)
+        if checkpoint is not None and w.main:
+            atomic_torch_save(
+                {
+                    "student": student.state_dict(),
+                    "losses": distiller.parts.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "epoch": epoch + 1,
+                },
+                checkpoint,
+            )
+        barrier()
+        if on_epoch and w.main:
+            on_epoch(record)
+    distiller.teacher_tap.remove()
+    distiller.student_tap.remove()
+    student.eval()
+    return DistillResult(student, history, start_epoch, trained / train_seconds if train_seconds else None)

@@ -1,0 +1,297 @@
+"""Validate: accuracy and teacher agreement of the exported model, latency on each target, budget verdicts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from ..atomic import atomic_write_json
+from ..backends import RUNTIMES, check_target, create_runner
+from ..backends.onnxruntime import OnnxRuntimeRunner
+from ..config.schema import Budget, InputSpec, TargetSpec
+from ..errors import BadInput, EdgeDistillError
+from ..inputs.images import normalize
+from ..inputs.labeled import EvalSet, read_class_folders
+from ..models.onnx_info import onnx_info
+from ..results.gate import write_gate_files
+from ..results.report import Report, TargetResult, target_entry
+from ..results.rundir import package_versions
+
+THROUGHPUT_BATCH = 64
+
+
+def predict_torch(model: nn.Module, images: np.ndarray, spec: InputSpec, batch: int = 512) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    with torch.inference_mode():
+        return np.concatenate(
+            [
+                model(normalize(torch.from_numpy(images[i : i + batch]).to(device), spec)).float().cpu().numpy()
+                for i in range(0, len(images), batch)
+            ]
+        )
+
+
+def budget_verdicts(
+    budget: Budget,
+    p99_ms: float,
+    accuracy: float | None,
+    teacher_accuracy: float | None,
+    agreement: float | None,
+    int8_drop: tuple[float, str] | None = None,
+) -> list[dict]:
+    """One verdict per budget; without labels, accuracy budgets are judged on teacher agreement."""
+    measured_acc = accuracy if accuracy is not None else agreement
+    basis = "accuracy" if accuracy is not None else "teacher agreement"
+    if accuracy is not None and teacher_accuracy is not None:
+        drop = teacher_accuracy - accuracy
+    else:
+        drop = 1.0 - agreement if agreement is not None else None
+    verdicts = []
+    if budget.p99_ms is not None:
+        verdicts.append(
+            {
+                "budget": "p99_ms",
+                "limit": budget.p99_ms,
+                "measured": p99_ms,
+                "passed": p99_ms <= budget.p99_ms,
+                "basis": "latency at batch 1",
+            }
+        )
+    if budget.min_accuracy is not None:
+        verdicts.append(
+            {
+                "budget": "min_accuracy",
+                "limit": budget.min_accuracy,
+                "measured": measured_acc,
+                "passed": measured_acc >= budget.min_accuracy,
+                "basis": basis,
+            }
+        )
+    if budget.max_accuracy_drop is not None:
+        verdicts.append(
+            {
+                "budget": "max_accuracy_drop",
+                "limit": budget.max_accuracy_drop,
+                "measured": drop,
+                "passed": drop <= budget.max_accuracy_drop,
+                "basis": f"teacher minus student {basis}",
+            }
+        )
+    if budget.max_int8_drop is not None:
+        measured, int8_basis = int8_drop if int8_drop is not None else (None, "no INT8 model was measured")
+        verdicts.append(
+            {
+                "budget": "max_int8_drop",
+                "limit": budget.max_int8_drop,
+                "measured": measured,
+                "passed": measured is not None and measured <= budget.max_int8_drop,
+                "basis": int8_basis,
+            }
+        )
+    return verdicts
+
+
+@dataclass
+class Int8Reference:
+    """The fp32 student's score on the eval set, and the drop student.int8.onnx shows on ONNX Runtime CPU."""
+
+    fp32_score: float
+    cpu_drop: float
+    basis: str
+
+
+def measure_int8(
+    fp32_model: Path, int8_model: Path, eval_set: EvalSet, spec: InputSpec, teacher_pred: np.ndarray | None
+) -> tuple[dict, Int8Reference]:
+    """Both models on ONNX Runtime CPU over the same eval set: accuracy (teacher agreement without labels) and the drop."""
+    x = normalize(torch.from_numpy(eval_set.images), spec).numpy()
+    preds = {}
+    for key, path in (("fp32", fp32_model), ("int8", int8_model)):
+        runner = OnnxRuntimeRunner(path)
+        preds[key] = np.concatenate([runner.infer(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1)
+    truth, basis = (eval_set.labels, "accuracy") if eval_set.labels is not None else (teacher_pred, "teacher agreement")
+    fp32_score, int8_score = (float((preds[k] == truth).mean()) for k in ("fp32", "int8"))
+    summary = {
+        "basis": basis,
+        "fp32": fp32_score,
+        "int8": int8_score,
+        "drop": fp32_score - int8_score,
+        "int8_agrees_with_fp32": float((preds["int8"] == preds["fp32"]).mean()),
+        "samples": len(x),
+        "runtime": "onnxruntime CPU",
+    }
+    return summary, Int8Reference(fp32_score, fp32_score - int8_score, basis)
+
+
+def validate_target(
+    target: TargetSpec,
+    model: Path,
+    eval_set: EvalSet,
+    spec: InputSpec,
+    teacher_pred: np.ndarray | None,
+    teacher_accuracy: float | None,
+    on_progress: Callable[[int], None] | None = None,
+    *,
+    int8_reference: Int8Reference | None = None,
+    duration_s: float | None = None,
+) -> TargetResult:
+    """Runs the exported model on one target; a target that fails to run is recorded, not fatal for the others.
+
+    Without teacher predictions (a model validated on its own) agreement stays None; an empty eval set
+    measures latency only. `duration_s` times batch 1 for that long instead of `target.iterations` calls
+    (local onnxruntime and tensorrt runners only).
+    """
+    result = TargetResult(target.name, target.runtime, precision=getattr(target, "precision", "fp32"))
+    runner = None
+    try:
+        runner = create_runner(target, model)
+        x = normalize(torch.from_numpy(eval_set.images), spec).numpy()
+        if len(x):
+            chunk = getattr(runner, "infer_batch", 256) or len(x)
+            logits = []
+            for i in range(0, len(x), chunk):
+                logits.append(runner.infer(x[i : i + chunk]))
+                if on_progress:
+                    on_progress(len(x[i : i + chunk]))
+            pred = np.concatenate(logits).argmax(1)
+            if teacher_pred is not None:
+                result.agreement = float((pred == teacher_pred).mean())
+            if eval_set.labels is not None:
+                result.accuracy = float((pred == eval_set.labels).mean())
+        latency = runner.time(1, target.warmup, target.iterations, **({"duration_s": duration_s} if duration_s else {}))
+        result.latency = latency.as_dict()
+        result.latency_samples_ms = [round(float(v), 5) for v in latency.samples_ms]
+        result.throughput = runner.time(
+            min(THROUGHPUT_BATCH, len(x) or THROUGHPUT_BATCH), max(1, target.warmup // 4), max(10, target.iterations // 10)
+        ).as_dict()
+        result.facts = runner.facts()
+        int8_drop = _int8_drop(result, int8_reference)
+        result.int8_drop = int8_drop[0] if int8_drop else None
+        result.verdicts = budget_verdicts(target.budget, latency.p99_ms, result.accuracy, teacher_accuracy, result.agreement, int8_drop)
+    except EdgeDistillError as exc:
+        if exc.exit_code == 2:
+            raise
+        result.error = str(exc)
+    finally:
+        if runner is not None:
+            runner.close()
+    return result
+
+
+def _int8_drop(result: TargetResult, reference: Int8Reference | None) -> tuple[float, str] | None:
+    """An int8 target's own drop from the fp32 student; any other target is judged on the CPU INT8 model's drop."""
+    if reference is None:
+        return None
+    if result.precision != "int8":
+        return reference.cpu_drop, f"fp32 minus INT8 student {reference.basis}, student.int8.onnx on onnxruntime CPU"
+    score = result.accuracy if reference.basis == "accuracy" else result.agreement
+    if score is None:
+        return None
+    return reference.fp32_score - score, f"fp32 student minus this INT8 target's {reference.basis}"
+
+
+def model_input_spec(model: Path, mean: list[float] | None = None, std: list[float] | None = None) -> tuple[InputSpec, dict]:
+    """Input size and channels from the ONNX input; mean/std from the arguments, else from edgedistill's metadata."""
+    info = onnx_info(model)
+    channels, height, width = info.image_input("an image classifier")
+    if channels not in (1, 3):
+        raise BadInput(f"{model}: input has {channels or 'a dynamic number of'} channels; image classifiers here take 1 or 3")
+    if height is None or height != width:
+        raise BadInput(f"{model}: input is {height or '?'}x{width or '?'}; a fixed square input size is needed")
+    meta = info.metadata
+    mean, std = mean or meta.get("mean"), std or meta.get("std")
+    if not mean or not std:
+        raise BadInput(f"{model} records no mean/std; pass them, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+    mean, std = (list(v) * channels if len(v) == 1 else list(v) for v in (mean, std))
+    try:
+        return InputSpec(channels=channels, size=height, mean=mean, std=std), meta
+    except ValidationError as exc:
+        raise BadInput(f"--mean/--std: {exc.errors()[0]['msg']}") from None
+
+
+def validate_model_file(
+    model: Path,
+    runtime: str,
+    budget: Budget,
+    out_dir: Path,
+    labeled: Path | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    threads: int = 0,
+    warmup: int = 20,
+    iterations: int = 200,
+    precision: str = "fp32",
+    providers: list[str] | None = None,
+    trtexec: str | None = None,
+    limit: int | None = None,
+    duration_s: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Gates any ONNX image classifier, not only edgedistill's: accuracy on a labeled folder, latency on one runtime.
+
+    Writes report.json, latency_samples.json and the CI gate files to `out_dir`; returns the report.
+    """
+    model = Path(model)
+    if budget.max_accuracy_drop is not None or budget.max_int8_drop is not None:
+        raise BadInput("a model on its own has no teacher or fp32 reference; --budget takes p99_ms and min_accuracy here")
+    if runtime not in RUNTIMES:
+        raise BadInput(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if duration_s is not None and not RUNTIMES[runtime].timed_by_duration:
+        raise BadInput(f"--duration: {runtime} runs a fixed number of calls; use --iterations")
+    if budget.min_accuracy is not None and labeled is None:
+        raise BadInput("--budget min_accuracy needs --labeled FOLDER (one subfolder of images per class)")
+    spec, meta = model_input_spec(model, mean, std)
+    info = onnx_info(model)
+    if info.quantized and RUNTIMES[runtime].int8_flavour == "tensorrt" and precision == "fp32":
+        precision = "int8"  # TensorRT only honours Q/DQ ranges with INT8 enabled
+    try:
+        target = TargetSpec(
+            name=runtime,
+            runtime=runtime,
+            threads=threads,
+            warmup=warmup,
+            iterations=iterations,
+            budget=budget,
+            precision=precision,
+            providers=providers,
+            **({"trtexec": trtexec} if trtexec else {}),
+        )
+    except ValidationError as exc:
+        raise BadInput(f"{exc.errors()[0]['msg']}") from None
+    check_target(target)
+    if labeled is not None:
+        eval_set = read_class_folders(
+            Path(labeled), spec, meta.get("class_names") or None, info.num_classes(), limit, what="--labeled", sorted_fallback=True
+        )
+    else:
+        eval_set = EvalSet("none (latency only)", np.zeros((0, spec.channels, spec.size, spec.size), np.uint8), None)
+    result = validate_target(target, model, eval_set, spec, None, None, on_progress, duration_s=duration_s)
+    report = Report(
+        name=model.stem,
+        model={
+            "path": str(model.resolve()),
+            "sha256": info.digest(),
+            "bytes": model.stat().st_size,
+            "opset": info.opset,
+            "quantized": info.quantized,
+            "input": spec.model_dump(),
+            "metadata": {k: v for k, v in meta.items() if k != "class_names"},
+        },
+        eval={"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
+        targets=[target_entry(result, budget)],
+        versions=package_versions(),
+    ).as_json()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "report.json", report)
+    if result.latency_samples_ms:
+        atomic_write_json(out_dir / "latency_samples.json", {result.name: {"batch": 1, "samples_ms": result.latency_samples_ms}})
+    write_gate_files(out_dir, report)
+    return report
