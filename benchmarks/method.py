@@ -35,7 +35,8 @@ from edgedistill.inputs.labeled import load_labeled
 from edgedistill.inputs.pool import build_pool
 from edgedistill.pipeline import build_student, load_teacher, package_versions
 from edgedistill.results.selection import Selection
-from edgedistill.stages.distill import augment_batch, distill
+from edgedistill.stages.augment import augment_batch
+from edgedistill.stages.distill import distill
 from edgedistill.stages.select import holdout_last, select_pool, split_selection
 from edgedistill.stages.validate import predict_torch
 

@@ -33,7 +33,7 @@ from .results.gate import write_gate_files
 from .results.html import write_report_html
 from .results.report import Report, gate_error, target_entry
 from .results.rundir import RunDir, fingerprint, package_versions
-from .results.selection import load_selection, save_selection
+from .results.selection import Selection, load_selection, save_selection
 from .scale.compute import resolve_compute
 from .scale.distributed import barrier, broadcast_object, close_world, init_world, world
 from .scale.throughput import bare_forward_rate, bare_step_rate
@@ -116,7 +116,7 @@ class Pipeline:
         self.world = world()
         self.compute = resolve_compute(recipe.compute, self.world.device)
         self._teacher: nn.Module | None = None
-        self._selection_split: tuple[np.ndarray, np.ndarray] | None = None
+        self._selection: Selection | None = None
 
     @property
     def teacher(self) -> nn.Module:
@@ -180,7 +180,7 @@ class Pipeline:
             "ranks": w.size,
             "workers_per_rank": workers,
         }
-        self._selection_split = split_selection(selection)
+        self._selection = selection
         if not w.main:
             return
         save_selection(selection, self.run / "selected.npz")
@@ -191,20 +191,25 @@ class Pipeline:
             self.console.print(
                 f"[yellow]select: skipped {s['skipped']} unreadable files {s['skipped_reasons']}, e.g. {s['skipped_examples'][0]}"
             )
-        if s["under_covered_classes"]:
-            self.console.print(
-                f"[yellow]select: the pool barely covers classes {s['under_covered_classes']} "
-                f"(selected {[s['selected_per_class'][c] for c in s['under_covered_classes']]} of {self.recipe.select.per_class})"
-            )
+        names = self.recipe.teacher.class_names or [str(c) for c in range(self.recipe.teacher.num_classes)]
+        for level in ("poorly", "thinly"):
+            short = [c for c in s["coverage"] if c["level"] == level]
+            if short:
+                listed = ", ".join(f"{names[c['class']]} ({c['selected']}/{c['quota']}, conf {c['mean_confidence']:.2f})" for c in short)
+                self.console.print(f"[yellow]select: the pool covers {level}: {listed}; {short[0]['advice']}", highlight=False)
         self.run.mark_done(
             "select", self.inputs("select"), ["selected.npz", "selected_images.npy", "selection.json"], {"selected": s["selected"]}
         )
 
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
-        """The selection's train/holdout split, read once; the select stage drops it when it writes a new selection."""
-        if self._selection_split is None:
-            self._selection_split = split_selection(load_selection(self.run / "selected.npz"))
-        return self._selection_split
+        """The selection's train/holdout images, read once; the select stage replaces it when it writes a new selection."""
+        if self._selection is None:
+            self._selection = load_selection(self.run / "selected.npz")
+        return split_selection(self._selection)
+
+    def _train_probs(self) -> np.ndarray:
+        train, _ = self._split()
+        return self._selection.probs[: len(train)]
 
     def eval_set(self) -> EvalSet:
         if self.recipe.eval.labeled:
@@ -229,6 +234,13 @@ class Pipeline:
             return out
 
         teacher_pred = predict_torch(self.teacher, eval_set.images, spec).argmax(1) if self.world.main else None
+        _, holdout = self._split()
+        holdout_pred = predict_torch(self.teacher, holdout, spec).argmax(1) if self.world.main and len(holdout) else None
+
+        def monitor(student: nn.Module) -> float:
+            """Label-free: how often the student agrees with the teacher on selected images it never trained on."""
+            return float((predict_torch(student, holdout, spec).argmax(1) == holdout_pred).mean())
+
         steps = max(1, len(train) // r.distill.batch_size)
         task = progress.add_task("distill", total=r.distill.epochs * steps, info=f"{self.world.size} rank(s)")
         ckpt, cache = self._distill_scratch()
@@ -256,10 +268,12 @@ class Pipeline:
             r.seed,
             checkpoint=ckpt,
             evaluate=evaluate,
+            monitor=monitor if len(holdout) else None,
             on_epoch=on_epoch,
             on_step=lambda: progress.advance(task),
             compute=self.compute,
             teacher_cache=cache,
+            **({"teacher_probs": self._train_probs(), "per_class": r.select.per_class} if r.select.reservoir > 1 else {}),
         )
         seconds = time.perf_counter() - started
         if self.world.main:
@@ -270,7 +284,7 @@ class Pipeline:
                 "distill",
                 self.inputs("distill"),
                 ["student.safetensors", "student.json", "history.json"],
-                {"seconds": seconds, "throughput": throughput},
+                {"seconds": seconds, "throughput": throughput, "kept_epoch": result.kept_epoch},
             )
             self._remove_distill_scratch()
         barrier()
@@ -391,6 +405,8 @@ class Pipeline:
                 "parameters": count_parameters(student),
                 "onnx_bytes": (self.run / "student.onnx").stat().st_size,
                 "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None,
+                "kept_epoch": (self.run.read_record("distill") or {}).get("info", {}).get("kept_epoch"),
+                "epochs": r.distill.epochs,
             },
             int8=int8_summary,
             selection=selection,

@@ -129,3 +129,21 @@ def test_checkpoint_left_by_other_inputs_is_not_resumed(finished_run, tmp_path):
     report = edgedistill.compress(load_recipe(recipe, ["distill.epochs=2", "targets.0.budget.min_accuracy=0"]), run_dir=copy)
     assert len(report["history"]) == 2
     assert not list(copy.glob("distill-*.ckpt")) and not list(copy.glob("teacher_outputs-*.npy"))
+
+
+def test_the_kept_epoch_is_chosen_without_reading_the_evaluation_set(tmp_path):
+    """Checkpoint choice reads teacher agreement on the selection's held-out images only: two runs that differ in
+    nothing but their labeled evaluation set keep the same epoch and byte-identical weights."""
+    students, kept = [], []
+    for name, labeled in (("heldout", "builtin:mnist-heldout"), ("fashion", "builtin:fashion-mnist-test")):
+        recipe = load_recipe(tiny_recipe(tmp_path, epochs=4))
+        recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"labeled": labeled, "limit": 300}), "targets": []})
+        edgedistill.compress(recipe, run_dir=tmp_path / name, stages=("select", "distill"))
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        record = json.loads((tmp_path / name / "stages" / "distill.json").read_text())["info"]
+        scores = [h["holdout_agreement"] for h in history]
+        assert record["kept_epoch"] == max(e for e, s in enumerate(scores, 1) if s == max(scores))  # ties: the later
+        assert all("accuracy" in h for h in history)  # the evaluation set is still measured, for the report
+        students.append((tmp_path / name / "student.safetensors").read_bytes())
+        kept.append(record["kept_epoch"])
+    assert kept[0] == kept[1] and students[0] == students[1]

@@ -1,6 +1,7 @@
 """Selection is deterministic for a seed, class-balanced, and its streaming top-k equals a full sort."""
 
 import numpy as np
+import pytest
 import torch
 
 from edgedistill.config.schema import InputSpec, SelectSpec
@@ -85,3 +86,16 @@ def test_near_duplicates_do_not_fill_a_quota():
     dedup = select_pool(teacher, dup_pool, SelectSpec(strategy="dfnd", total=10, batch_size=16, dedup_threshold=0.999), 10, seed=0)
     assert len({bytes(x) for x in plain.images}) < 10
     assert len({bytes(x) for x in dedup.images}) == 10
+
+
+def test_pool_coverage_grades_each_class_and_says_what_to_do():
+    from edgedistill.stages.select import pool_coverage
+
+    sure, doubtful = np.array([0.95, 0.05, 0.0]), np.array([0.1, 0.5, 0.4])
+    probs = np.stack([sure] * 10 + [doubtful] * 10 + [np.array([0.0, 0.05, 0.95])] * 3)
+    coverage = pool_coverage(probs, np.array([500, 40, 3]), quota=10)
+    assert [c["level"] for c in coverage] == ["well", "poorly", "poorly"]  # doubtful images; too few images
+    assert coverage[0]["advice"] is None and coverage[0]["mean_confidence"] == pytest.approx(0.95)
+    assert "folder:" in coverage[2]["advice"] and coverage[2]["selected"] == 3 and coverage[2]["pool_predicted"] == 3
+    half = pool_coverage(np.stack([sure] * 7), np.array([7, 0, 0]), quota=10)[0]
+    assert half["level"] == "thinly" and "larger pool" in half["advice"]

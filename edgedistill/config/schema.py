@@ -85,6 +85,9 @@ class SelectSpec(Strict):
         None, description="samples whose teacher features have cosine similarity above this with a kept one do not fill a quota"
     )
     batch_size: Annotated[int, Field(gt=0)] = 512
+    reservoir: Annotated[int, Field(ge=1, le=100)] = Field(
+        1, description="balanced strategy: candidates kept per class, as a multiple of per_class, for distill.resample to draw from"
+    )
 
 
 class ComputeSpec(Strict):
@@ -105,6 +108,9 @@ class ClassDropSpec(Strict):
     mode: Literal["top_k", "min_prob", "none"] = "top_k"
     top_k: Annotated[int, Field(ge=1)] = Field(3, description="top_k mode: keep each soft label's k most likely classes")
     min_prob: Annotated[float, Field(gt=0, lt=1)] = Field(0.01, description="min_prob mode: drop classes below this probability")
+    only_below: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="denoise only soft labels whose top probability is under this (noisy ones); default: all"
+    )
 
 
 class StudentSpec(Strict):
@@ -128,6 +134,52 @@ class AugmentSpec(Strict):
     scale: tuple[float, float] = (0.9, 1.1)
     hflip: bool = False
     mixup: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="probability that a batch is mixed with a shuffled copy of itself")
+    cutmix: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="probability per image of pasting a box (30-70% of the side) from another image of the batch; "
+        "the teacher labels the result",
+    )
+    mosaic: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="probability per image of becoming a two-tile mosaic with another image of the batch, side by side "
+        "or stacked; the teacher labels the result",
+    )
+
+
+class ResampleSpec(Strict):
+    """Student-in-the-loop sampling (edgedistill/stages/resample.py): the training set drawn anew from the selection's
+    reservoir every few epochs, class by class."""
+
+    every: Annotated[int, Field(ge=1)] = Field(2, description="epochs between two draws")
+    confident: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5,
+        description="share of each class's places kept for the images the teacher is surest of; the rest go to the "
+        "images where the student disagrees with the teacher most",
+    )
+    by: Literal["kl", "top1"] = Field("kl", description="disagreement: KL(teacher || student), or top-1 mismatch")
+
+
+class RefineSpec(Strict):
+    """Training images moved a few signed-gradient steps toward teacher classes, within an L-inf radius of the pool
+    image they came from (edgedistill/stages/refine.py)."""
+
+    when: Literal["every_batch", "once"] = Field(
+        "every_batch",
+        description="every_batch: each augmented batch before the teacher labels it; once: the whole "
+        "training set before training, which then trains on refined and original images",
+    )
+    steps: Annotated[int, Field(ge=1, le=100)] = 1
+    step_size: Annotated[float, Field(gt=0, le=1)] = Field(0.2, description="per step, in pixel units of [0, 1]")
+    radius: Annotated[float, Field(gt=0, le=1)] = Field(0.2, description="L-inf distance an image may move from where it started")
+    target: Literal["random", "argmax", "second", "rare", "disagreement"] = Field(
+        "random",
+        description="random: any class; argmax/second: the teacher's first/second choice; rare: classes the "
+        "training set holds fewest of; disagreement: away from the student, keeping the teacher's class",
+    )
+    bn_prior: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="weight of matching the teacher's BatchNorm statistics (needs BN layers)"
+    )
+    tv_prior: Annotated[float, Field(ge=0)] = Field(0.0, description="weight of a total-variation image prior")
 
 
 class DistillSpec(Strict):
@@ -141,6 +193,13 @@ class DistillSpec(Strict):
         "a weight of 0 switches a loss off",
     )
     augment: AugmentSpec | None = AugmentSpec()
+    refine: RefineSpec | None = None
+    resample: ResampleSpec | None = None
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="which epoch's student to keep: best by teacher agreement on the selection's held-out images "
+        "(labels are never read), or the last",
+    )
 
 
 class EvalSpec(Strict):
@@ -221,6 +280,12 @@ class Recipe(Strict):
         if len(names) != len(set(names)):
             raise ValueError("target names must be unique")
         return targets
+
+    @model_validator(mode="after")
+    def _reservoir_for_resampling(self) -> Recipe:
+        if self.distill.resample is not None and self.select.reservoir == 1:
+            raise ValueError("distill.resample draws from a reservoir: set select.reservoir above 1 (e.g. 4)")
+        return self
 
     def resolve(self, path: Path) -> Path:
         path = Path(path).expanduser()

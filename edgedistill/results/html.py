@@ -223,6 +223,23 @@ def _target_rows(targets: list[dict]) -> str:
     return "".join(rows)
 
 
+def _coverage_table(coverage: list[dict], names: list[str]) -> str:
+    """How well the pool covers each class, worst first, with what to do where it falls short."""
+    order, css = {"poorly": 0, "thinly": 1, "well": 2}, {"poorly": "fail", "thinly": "thin", "well": "pass"}
+    rows = []
+    for c in sorted(coverage, key=lambda c: (order.get(c["level"], 3), c["class"])):
+        name = names[c["class"]] if c["class"] < len(names) else c["class"]
+        rows.append(
+            f'<tr class="{css.get(c["level"], "")}"><td>{_esc(name)}</td><td>{c["level"]}</td>'
+            f"<td>{c['selected']:,} / {c['quota']:,}</td><td>{c['mean_confidence']:.2f}</td>"
+            f"<td>{c['pool_predicted']:,}</td><td>{_esc(c['advice'] or '')}</td></tr>"
+        )
+    return (
+        "<table><tr><th>class</th><th>covered</th><th>selected / quota</th><th>teacher confidence</th>"
+        f"<th>pool images it predicts</th><th>what to do</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def _class_names(run_dir: Path, k: int) -> list[str]:
     try:
         names = json.loads((run_dir / "student.json").read_text()).get("class_names")
@@ -235,11 +252,20 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f4f7}tr.pass td:last-child{color:#116611}tr.fail td,tr.error td{background:#fde8e8}
+th{background:#f2f4f7}tr.pass td:last-child{color:#116611}tr.fail td,tr.error td{background:#fde8e8}tr.thin td{background:#fff6e0}
 td.facts{font-size:11px;color:#555;max-width:420px}img{max-width:100%;display:block;margin:6px 0}
 .verdict{display:inline-block;padding:3px 10px;border-radius:4px;color:#fff;font-weight:600}
 .v0{background:#1b7f3b}.v3{background:#c62828}.v4{background:#b26a00}.muted{color:#666;font-size:13px}
 """
+
+
+def _kept(student: dict) -> str:
+    if not student.get("kept_epoch"):
+        return ""
+    return (
+        f", the weights of epoch {student['kept_epoch']} of {student.get('epochs')}, chosen by teacher agreement on "
+        "selected images it never trained on (no labels read)"
+    )
 
 
 def build_report_html(run_dir: Path) -> str:
@@ -269,7 +295,7 @@ def build_report_html(run_dir: Path) -> str:
     if student:
         sections.append(
             f"<p>Student <b>{_esc(student.get('arch'))}</b>: {student.get('parameters', 0):,} parameters, "
-            f"{student.get('onnx_bytes', 0) / 1024:.0f} KiB ONNX. Teacher <b>{_esc(teacher.get('arch'))}</b>: "
+            f"{student.get('onnx_bytes', 0) / 1024:.0f} KiB ONNX{_kept(student)}. Teacher <b>{_esc(teacher.get('arch'))}</b>: "
             f"{teacher.get('parameters', 0):,} parameters, accuracy "
             f"{'-' if teacher.get('accuracy') is None else format(teacher['accuracy'], '.2%')}. "
             f"Eval set: {_esc(evaluation.get('name'))} ({_esc(evaluation.get('samples'))} images). "
@@ -294,6 +320,8 @@ def build_report_html(run_dir: Path) -> str:
             )
             + "</table>",
         ]
+    if selection.get("coverage"):
+        sections += ["<h2>Pool coverage</h2>", _coverage_table(selection["coverage"], names)]
     plots = [
         ("Latency", lambda: latency_histograms(targets, samples)),
         ("Selection from the pool", lambda: class_histogram(selection, names) if k else None),

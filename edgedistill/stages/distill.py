@@ -16,14 +16,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import atomic_path, atomic_torch_save
-from ..config.schema import AugmentSpec, ClassDropSpec, DistillSpec, InputSpec
+from ..config.schema import ClassDropSpec, DistillSpec, InputSpec, RefineSpec
 from ..errors import BadInput
 from ..inputs.images import normalize, standardize
 from ..models.features import FeatureTap
 from ..scale.compute import Compute
 from ..scale.distributed import all_reduce_grads, barrier, broadcast_object, world
+from .augment import augment_batch
 from .class_drop import drop_classes
 from .losses import LOSSES, LossInputs
+from .refine import refine
+from .resample import disagreement, training_subset
 
 
 class Distiller(nn.Module):
@@ -94,6 +97,7 @@ class Distiller(nn.Module):
                     F.softmax(teacher_logits / temperature, dim=1),
                     top_k=cd.top_k if cd.mode == "top_k" else None,
                     min_prob=cd.min_prob if cd.mode == "min_prob" else None,
+                    only_below=cd.only_below,
                 )
             return soft[temperature]
 
@@ -105,28 +109,6 @@ class Distiller(nn.Module):
         return parts
 
 
-def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random affine (rotation, scale, translation) and optional flip, in one grid_sample call.
-
-    Works on [0, 1] images so that the area uncovered by the transform is black, not the mean colour.
-    With `mixup`, images are blended with others of the batch: the teacher labels the blend, so the
-    selected set is widened without any label noise.
-    """
-    n = len(x)
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(spec.max_rotate_deg)
-    scale = spec.scale[0] + torch.rand(n, generator=generator) * (spec.scale[1] - spec.scale[0])
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * spec.max_translate * 2
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if spec.hflip else torch.ones(n)
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if spec.mixup and torch.rand((), generator=generator) < spec.mixup:
-        lam = torch.rand(n, 1, 1, 1, generator=generator)
-        x = lam * x + (1 - lam) * x[torch.randperm(n, generator=generator)]
-    return x
-
-
 GRAD_CLIP = 5.0  # out-of-domain batches can carry extreme teacher features; clipping keeps one from derailing training
 
 
@@ -136,22 +118,53 @@ class DistillResult:
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0  # > 0 when resumed from a checkpoint
     images_per_s: float | None = None  # training loop only (data, augmentation, step), all ranks together
+    kept_epoch: int | None = None  # the epoch whose weights the student holds
 
 
 class SelectedBatches(torch.utils.data.Dataset):
-    """Indexed by a whole batch of positions (a BatchSampler's list): one fancy-index read per batch, from RAM or a memory map."""
+    """Indexed by a whole batch of positions (a BatchSampler's list) into the `active` training set: one fancy-index
+    read per batch, from RAM or a memory map. Student-in-the-loop sampling swaps `active` between epochs."""
 
-    def __init__(self, images: np.ndarray, teacher_outputs: np.ndarray | None):
-        self.images, self.teacher_outputs = images, teacher_outputs
+    def __init__(self, images: np.ndarray, teacher_outputs: np.ndarray | None, active: np.ndarray):
+        self.images, self.teacher_outputs, self.active = images, teacher_outputs, active
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.active)
 
     def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        order = np.sort(np.asarray(positions))  # sorted reads are sequential on a memory map; a batch has no order
+        order = np.sort(self.active[np.asarray(positions)])  # sorted reads are sequential on a memory map; a batch has no order
         images = torch.from_numpy(np.ascontiguousarray(self.images[order]))
         stored = None if self.teacher_outputs is None else torch.from_numpy(np.ascontiguousarray(self.teacher_outputs[order]))
         return images, stored
+
+
+def logits_of(model: nn.Module, images: np.ndarray, input_spec: InputSpec, compute: Compute, batch: int = 1024) -> np.ndarray:
+    with torch.no_grad(), compute.autocast():
+        return np.concatenate(
+            [
+                model(compute.input(normalize(torch.from_numpy(np.asarray(images[i : i + batch])), input_spec))).float().cpu().numpy()
+                for i in range(0, len(images), batch)
+            ]
+        )
+
+
+def class_weights(teacher: nn.Module, images: np.ndarray, input_spec: InputSpec, compute: Compute) -> torch.Tensor:
+    """Sampling weights of the classes, inversely proportional to how many training images the teacher puts in each."""
+    top = logits_of(teacher, images, input_spec, compute).argmax(1)
+    counts = np.bincount(top, minlength=int(top.max()) + 1).astype(np.float64) + 1.0
+    return torch.from_numpy(1.0 / counts / (1.0 / counts).sum())
+
+
+def refine_once(
+    teacher: nn.Module, images: np.ndarray, input_spec: InputSpec, spec: RefineSpec, seed: int, compute: Compute, batch: int = 512
+) -> np.ndarray:
+    """Every training image refined once, as uint8 images to train on beside the originals."""
+    generator = torch.Generator().manual_seed(seed + 104729)
+    out = np.empty((len(images), *images.shape[1:]), dtype=np.uint8)
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.asarray(images[i : i + batch])).to(compute.device).float() / 255.0
+        out[i : i + len(x)] = (refine(teacher, x, input_spec, spec, generator) * 255).round().to(torch.uint8).cpu().numpy()
+    return out
 
 
 def store_teacher_outputs(
@@ -183,12 +196,24 @@ def distill(
     seed: int,
     checkpoint: Path | None = None,
     evaluate: Callable[[nn.Module], dict] | None = None,
+    monitor: Callable[[nn.Module], float] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_step: Callable[[], None] | None = None,
     compute: Compute | None = None,
     teacher_cache: Path | None = None,
+    teacher_probs: np.ndarray | None = None,
+    per_class: int | None = None,
 ) -> DistillResult:
     """Trains `student` in place; with `checkpoint`, resumes from the last finished epoch.
+
+    `monitor` scores the student after every epoch without labels (the pipeline's: teacher agreement on the
+    selection's held-out images); with `spec.keep == "best"` the best-scoring epoch's weights are returned (ties go
+    to the later epoch). `evaluate` only adds figures to the history: it never chooses anything.
+
+    With `per_class` and the teacher's probabilities on `images` (a selection with a reservoir), each epoch trains on
+    at most `per_class` images per teacher class: the most confident, or, with `spec.resample`, drawn anew every few
+    epochs by the student's disagreement with the teacher. With `spec.refine`, images are moved toward teacher
+    classes before the teacher labels them (every batch), or once, before training, doubling the training set.
 
     Under torchrun, each rank trains on its DistributedSampler share of every global batch of `spec.batch_size`
     (the same optimization as one process; relation losses see each rank's part of the batch), only the student
@@ -204,16 +229,24 @@ def distill(
     compute.prepare(teacher)
     compute.prepare(student)
     distiller = Distiller(teacher, student, spec, class_drop, input_spec).to(compute.device)
+    refining = spec.refine
+    if refining is not None and refining.when == "once":
+        images = np.concatenate([images, refine_once(distiller.teacher, images, input_spec, refining, seed, compute)])
+        teacher_probs, refining = None, None  # the refined images have no stored probabilities: train on all
+    rare = class_weights(distiller.teacher, images, input_spec, compute) if refining is not None and refining.target == "rare" else None
+    balanced = per_class is not None and teacher_probs is not None
+    active = training_subset(teacher_probs, per_class) if balanced else np.arange(len(images))
     params = [p for p in distiller.parameters() if p.requires_grad]
     loss_params = list(distiller.parts.parameters())  # the feature adapter: trained beside the student, outside DDP
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    steps_per_epoch = max(1, len(images) // spec.batch_size)
+    steps_per_epoch = max(1, len(active) // spec.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.15, anneal_strategy="cos"
     )
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.dtype is torch.float16)
     history: list[dict] = []
     start_epoch = 0
+    best: dict = {"score": -math.inf, "epoch": 0, "student": None}
     state = None
     if checkpoint is not None and w.main and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -223,9 +256,9 @@ def distill(
         distiller.parts.load_state_dict(state["losses"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history, start_epoch = state["history"], state["epoch"]
+        history, start_epoch, best, active = state["history"], state["epoch"], state["best"], state["active"].numpy()
     stored = None
-    if spec.augment is None and teacher_cache is not None:
+    if spec.augment is None and spec.refine is None and teacher_cache is not None:
         if w.main:
             store_teacher_outputs(distiller, images, input_spec, teacher_cache, compute)
         barrier()
@@ -236,9 +269,10 @@ def distill(
         step_student = DistributedDataParallel(student, device_ids=[compute.device] if compute.device.type == "cuda" else None)
     if compute.compile:
         step_student = torch.compile(step_student)
-    sampler = torch.utils.data.DistributedSampler(range(len(images)), num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+    sampler = torch.utils.data.DistributedSampler(range(len(active)), num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+    dataset = SelectedBatches(images, stored, active)
     loader = torch.utils.data.DataLoader(
-        SelectedBatches(images, stored),
+        dataset,
         batch_size=None,
         pin_memory=compute.pin_memory,
         sampler=torch.utils.data.BatchSampler(sampler, local_batch, drop_last=True),
@@ -248,6 +282,10 @@ def distill(
         tick = time.perf_counter()
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * w.rank)
+        if balanced and spec.resample is not None and epoch and epoch % spec.resample.every == 0:
+            student.eval()
+            scores = disagreement(teacher_probs, logits_of(student, images, input_spec, compute), spec.resample.by)
+            dataset.active = training_subset(teacher_probs, per_class, spec.resample, scores)
         distiller.train()
         sums: dict[str, float] = {}
         for step, (batch, teacher_out) in enumerate(loader):
@@ -256,6 +294,8 @@ def distill(
             batch = batch.to(compute.device, non_blocking=True).float() / 255.0
             if spec.augment is not None:
                 batch = augment_batch(batch, spec.augment, generator)
+            if refining is not None:
+                batch = refine(distiller.teacher, batch, input_spec, refining, generator, student=student, class_weights=rare)
             if teacher_out is not None:
                 teacher_out = teacher_out.to(compute.device, non_blocking=True)
                 teacher_out = (teacher_out[:, :classes], teacher_out[:, classes:])
@@ -278,9 +318,18 @@ def distill(
         train_seconds += time.perf_counter() - tick
         trained += steps_per_epoch * spec.batch_size
         record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0]}
-        if evaluate is not None and w.main:
+        if w.main and (monitor is not None or evaluate is not None):
             student.eval()
-            record.update(evaluate(student))
+            if monitor is not None:
+                record["holdout_agreement"] = score = monitor(student)
+                if score >= best["score"]:
+                    best = {
+                        "score": score,
+                        "epoch": epoch + 1,
+                        "student": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+                    }
+            if evaluate is not None:
+                record.update(evaluate(student))
         history.append(record)
         if checkpoint is not None and w.main:
             atomic_torch_save(
@@ -291,6 +340,8 @@ def distill(
                     "scheduler": scheduler.state_dict(),
                     "history": history,
                     "epoch": epoch + 1,
+                    "best": best,
+                    "active": torch.from_numpy(np.asarray(dataset.active)),
                 },
                 checkpoint,
             )
@@ -299,5 +350,9 @@ def distill(
             on_epoch(record)
     distiller.teacher_tap.remove()
     distiller.student_tap.remove()
+    kept = spec.epochs
+    if spec.keep == "best" and best["student"] is not None:
+        student.load_state_dict(best["student"])
+        kept = best["epoch"]
     student.eval()
-    return DistillResult(student, history, start_epoch, trained / train_seconds if train_seconds else None)
+    return DistillResult(student, history, start_epoch, trained / train_seconds if train_seconds else None, kept)

@@ -154,7 +154,7 @@ def select_pool(
     teacher = compute.prepare(teacher.eval())
     strategy = STRATEGIES.get(spec.strategy)()
     balanced = strategy.per_class
-    quota = spec.per_class if balanced else (spec.total or spec.per_class * num_classes)
+    quota = spec.per_class * spec.reservoir if balanced else (spec.total or spec.per_class * num_classes)
     groups = num_classes if balanced else 1
     keeper = StreamingTopK(groups, quota, spec.dedup_threshold)
     tap = FeatureTap(teacher) if spec.dedup_threshold is not None else None
@@ -219,10 +219,54 @@ def select_pool(
         "selected": int(len(order)),
         "selected_per_class": per_class.tolist(),
         "under_covered_classes": [c for c in range(num_classes) if balanced and per_class[c] < spec.per_class],
+        "coverage": pool_coverage(merged["probs"], predicted, spec.per_class if balanced else -(-quota // num_classes)),
+        "per_class": spec.per_class if balanced else None,
+        "reservoir": spec.reservoir if balanced else 1,
         "selected_from_source": dict(Counter(pool.source_name(int(i)) for i in merged["index"])),
         "mean_confidence": float(merged["probs"].max(1).mean()),
     }
     return Selection(merged["images"][order], merged["index"][order].astype(np.int64), merged["probs"][order].astype(np.float32), stats)
+
+
+WELL_COVERED_CONFIDENCE, POORLY_COVERED_CONFIDENCE = 0.9, 0.6
+
+
+def pool_coverage(probs: np.ndarray, pool_predicted: np.ndarray, quota: int) -> list[dict]:
+    """Per class: how well the pool covers it, judged by how much of its quota the selection filled and how sure
+    the teacher is of the images that filled it; with advice where it falls short.
+
+    `well`: the quota filled with images the teacher is sure of (mean confidence >= 0.9); `poorly`: under half the
+    quota, or a mean confidence under 0.6 (the pool holds little the teacher reads as this class); `thinly` between.
+    """
+    top = probs.argmax(1)
+    coverage = []
+    for c in range(probs.shape[1]):
+        mine = probs[top == c, c]
+        confidence = float(mine.mean()) if len(mine) else 0.0
+        filled = len(mine) / quota if quota else 1.0
+        if filled >= 1 and confidence >= WELL_COVERED_CONFIDENCE:
+            level, advice = "well", None
+        elif filled < 0.5 or confidence < POORLY_COVERED_CONFIDENCE:
+            level = "poorly"
+            advice = (
+                "add unlabeled images that look like this class to the pool (a `folder:` entry of in-domain photos; "
+                "no labels needed) or a larger open-world pool; until then the student learns it from few, doubtful images"
+            )
+        else:
+            level = "thinly"
+            advice = "a larger pool or a folder of in-domain images would fill the quota with images the teacher is sure of"
+        coverage.append(
+            {
+                "class": c,
+                "level": level,
+                "selected": int(len(mine)),
+                "quota": int(quota),
+                "pool_predicted": int(pool_predicted[c]),
+                "mean_confidence": round(confidence, 4),
+                "advice": advice,
+            }
+        )
+    return coverage
 
 
 HOLDOUT = 500
