@@ -155,3 +155,20 @@ def test_reservoir_resampling_and_refinement_through_the_pipeline(tmp_path: Path
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 3 and all(np.isfinite(h["loss"]) for h in history)
     assert normalize(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), MNIST).shape == (1, 1, 28, 28)
+
+
+def test_epoch_order_matches_torch_and_balancing_evens_out_classes():
+    from edgedistill.stages.distill import EpochOrder, balancing_weights
+
+    for world in (1, 2, 3):
+        for rank in range(world):
+            ours, torchs = EpochOrder(10, rank, world, seed=7), torch.utils.data.DistributedSampler(range(10), world, rank, seed=7)
+            ours.epoch = 3
+            torchs.set_epoch(3)
+            assert list(ours) == list(torchs)
+    classes = np.array([0] * 90 + [1] * 10)
+    order = EpochOrder(100, 0, 1, seed=0)
+    order.weights = balancing_weights(classes, 1.0)
+    drawn = np.bincount(classes[list(order)], minlength=2)
+    assert 35 <= drawn[1] <= 65  # about half from the class that has a tenth of the images
+    assert balancing_weights(classes, 0.0) is None

@@ -193,6 +193,11 @@ class DistillSpec(Strict):
         "a weight of 0 switches a loss off",
     )
     augment: AugmentSpec | None = AugmentSpec()
+    balance: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="how far each epoch evens out the teacher's classes: images are drawn with probability "
+        "proportional to (images of their class)^-balance; 0: each image once, 1: every class equally often",
+    )
     refine: RefineSpec | None = None
     resample: ResampleSpec | None = None
     keep: Literal["best", "last"] = Field(

@@ -131,8 +131,8 @@ def learning_curves(history: list[dict]) -> str | None:
     if not history:
         return None
     epochs = [h["epoch"] for h in history]
-    losses = [k for k in history[0] if k not in ("epoch", "lr", "agreement", "accuracy") and isinstance(history[0][k], (int, float))]
-    scores = [k for k in ("agreement", "accuracy") if k in history[0]]
+    scores = [k for k in ("agreement", "accuracy", "holdout_agreement") if k in history[0]]
+    losses = [k for k in history[0] if k not in ("epoch", "lr", "train_seconds", *scores) and isinstance(history[0][k], (int, float))]
     fig = _figure(11, 3.6)
     ax_loss, ax_score = fig.subplots(1, 2)
     for i, key in enumerate(losses):

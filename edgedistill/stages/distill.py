@@ -121,6 +121,36 @@ class DistillResult:
     kept_epoch: int | None = None  # the epoch whose weights the student holds
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """Each epoch's order of positions into the active training set, of which a rank takes every `world`-th: a
+    seeded shuffle (the same order torch's DistributedSampler gives), or, with class `weights`, a seeded draw with
+    replacement that evens out the classes. Every rank computes the same global order."""
+
+    def __init__(self, size: int, rank: int, world: int, seed: int):
+        self.size, self.rank, self.world, self.seed, self.epoch = size, rank, world, seed, 0
+        self.weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+        order += order[: len(self) * self.world - len(order)]
+        return iter(order[self.rank :: self.world])
+
+
+def balancing_weights(classes: np.ndarray, balance: float) -> torch.Tensor | None:
+    """Per image: (images of its class)^-balance, for EpochOrder; None when balance is 0."""
+    if not balance:
+        return None
+    counts = np.bincount(classes)
+    return torch.from_numpy(counts[classes].astype(np.float64) ** -balance)
+
+
 class SelectedBatches(torch.utils.data.Dataset):
     """Indexed by a whole batch of positions (a BatchSampler's list) into the `active` training set: one fancy-index
     read per batch, from RAM or a memory map. Student-in-the-loop sampling swaps `active` between epochs."""
@@ -229,7 +259,7 @@ def distill(
     compute.prepare(teacher)
     compute.prepare(student)
     distiller = Distiller(teacher, student, spec, class_drop, input_spec).to(compute.device)
-    refining = spec.refine
+    refining, prepared = spec.refine, time.perf_counter()
     if refining is not None and refining.when == "once":
         images = np.concatenate([images, refine_once(distiller.teacher, images, input_spec, refining, seed, compute)])
         teacher_probs, refining = None, None  # the refined images have no stored probabilities: train on all
@@ -269,7 +299,13 @@ def distill(
         step_student = DistributedDataParallel(student, device_ids=[compute.device] if compute.device.type == "cuda" else None)
     if compute.compile:
         step_student = torch.compile(step_student)
-    sampler = torch.utils.data.DistributedSampler(range(len(active)), num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+    sampler = EpochOrder(len(active), w.rank, w.size, seed)
+    classes = None
+    if spec.balance:
+        classes = (
+            teacher_probs.argmax(1) if teacher_probs is not None else logits_of(distiller.teacher, images, input_spec, compute).argmax(1)
+        )
+        sampler.weights = balancing_weights(classes[active], spec.balance)
     dataset = SelectedBatches(images, stored, active)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -277,15 +313,18 @@ def distill(
         pin_memory=compute.pin_memory,
         sampler=torch.utils.data.BatchSampler(sampler, local_batch, drop_last=True),
     )
-    train_seconds, trained = 0.0, 0
+    train_seconds, trained = (time.perf_counter() - prepared if start_epoch == 0 else 0.0), 0  # refining once counts as training
+    seconds_before = history[-1].get("train_seconds", 0.0) if history else 0.0  # a resumed run's earlier epochs
     for epoch in range(start_epoch, spec.epochs):
         tick = time.perf_counter()
-        sampler.set_epoch(epoch)
+        sampler.epoch = epoch
         generator = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * w.rank)
         if balanced and spec.resample is not None and epoch and epoch % spec.resample.every == 0:
             student.eval()
             scores = disagreement(teacher_probs, logits_of(student, images, input_spec, compute), spec.resample.by)
             dataset.active = training_subset(teacher_probs, per_class, spec.resample, scores)
+            if classes is not None:
+                sampler.weights = balancing_weights(classes[dataset.active], spec.balance)
         distiller.train()
         sums: dict[str, float] = {}
         for step, (batch, teacher_out) in enumerate(loader):
@@ -317,7 +356,12 @@ def distill(
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - tick
         trained += steps_per_epoch * spec.batch_size
-        record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0]}
+        record = {
+            "epoch": epoch + 1,
+            **{k: v / steps_per_epoch for k, v in sums.items()},
+            "lr": scheduler.get_last_lr()[0],
+            "train_seconds": round(seconds_before + train_seconds, 3),
+        }
         if w.main and (monitor is not None or evaluate is not None):
             student.eval()
             if monitor is not None:
