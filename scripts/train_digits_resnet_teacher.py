@@ -43,6 +43,7 @@ def main() -> None:
 
     augment = dict(degrees=12.0, scale=0.1, shift=2.5, shear=8.0)
     model = fit(images, labels, args, augment, hflip=False, report=report, report_every=5, arch=ARCH)
+    model = model.half().float()  # stored in float16 (22 MB instead of 45); reported as stored
     test_accuracy = accuracy(model, test_images, test_labels)
     seconds = time.perf_counter() - started
     print(f"mnist-heldout accuracy: {test_accuracy:.4f} ({len(test_images)} digits), trained in {seconds:.0f} s")
