@@ -431,12 +431,21 @@ def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the
 @app.command("report")
 def report_command(run_dir: Path = typer.Argument(..., help="run directory with a report.json", show_default=False)) -> None:
     """Rebuild RUN_DIR/report.html (and junit.xml, summary.md) from the run's files."""
-    from .results.gate import write_gate_files
+    from .results.gate import GATE_FILES, write_gate_files
     from .results.html import write_report_html
+    from .results.rundir import RunDir
 
     def rebuild() -> None:
-        path = write_report_html(run_dir)
-        write_gate_files(run_dir, json.loads((run_dir / "report.json").read_text()))
+        run = RunDir(run_dir)
+        if not (run_dir / "report.json").is_file():
+            raise BadInput(f"{run_dir}: no report.json; run `edgedistill validate` (or compress) for this run first")
+        run.open()
+        try:
+            run.artifact("report.html", *GATE_FILES)
+            path = write_report_html(run_dir)
+            write_gate_files(run_dir, json.loads((run_dir / "report.json").read_text()))
+        finally:
+            run.close()
         out.print(str(path), highlight=False, soft_wrap=True)
 
     _run(rebuild)

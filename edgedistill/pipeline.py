@@ -29,7 +29,7 @@ from .inputs.pool import build_pool, default_workers
 from .models.checkpoint import fit_state_dict
 from .models.factory import build_student_model, count_parameters
 from .models.teachers import load_teacher_model
-from .results.gate import write_gate_files
+from .results.gate import GATE_FILES, write_gate_files
 from .results.html import write_report_html
 from .results.report import Report, gate_error, target_entry
 from .results.rundir import RunDir, fingerprint, package_versions
@@ -62,10 +62,10 @@ def build_student(recipe: Recipe) -> nn.Module:
 
 
 def save_student(student: nn.Module, recipe: Recipe, run: RunDir) -> None:
-    with atomic_path(run / "student.safetensors") as tmp:
+    with atomic_path(run.artifact("student.safetensors")) as tmp:
         save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
     atomic_write_json(
-        run / "student.json",
+        run.artifact("student.json"),
         {
             "arch": recipe.student.arch,
             "num_classes": recipe.teacher.num_classes,
@@ -183,8 +183,8 @@ class Pipeline:
         self._selection = selection
         if not w.main:
             return
-        save_selection(selection, self.run / "selected.npz")
-        atomic_write_json(self.run / "selection.json", selection.stats)
+        save_selection(selection, self.run.artifact("selected.npz", "selected_images.npy"))
+        atomic_write_json(self.run.artifact("selection.json"), selection.stats)
         s = selection.stats
         log.info("select: %d of %d pool images kept, %d unreadable", s["selected"], s["pool_size"], s["skipped"])
         if s["skipped"]:
@@ -279,7 +279,7 @@ class Pipeline:
         if self.world.main:
             throughput = self._training_throughput(result, train) if result.images_per_s else None
             save_student(result.student.cpu(), r, self.run)
-            atomic_write_json(self.run / "history.json", result.history)
+            atomic_write_json(self.run.artifact("history.json"), result.history)
             self.run.mark_done(
                 "distill",
                 self.inputs("distill"),
@@ -291,17 +291,17 @@ class Pipeline:
 
     def _distill_scratch(self) -> tuple[Path, Path]:
         """The epoch checkpoint and the stored teacher outputs, named by the distill stage's inputs: a resumed run
-        never picks up what a run with another selection or recipe left behind. Other runs' leftovers are removed."""
+        never picks up what a run with another selection or recipe left behind. Earlier runs' leftovers are removed."""
         key = fingerprint(self.inputs("distill"))[:12]
-        keep = (self.run / f"distill-{key}.ckpt", self.run / f"teacher_outputs-{key}.npy")
+        names = (f"distill-{key}.ckpt", f"teacher_outputs-{key}.npy")
         if self.world.main:
-            self._remove_distill_scratch(keep)
-        return keep
+            self._remove_distill_scratch(names)
+            self.run.artifact(*names)
+        return self.run / names[0], self.run / names[1]
 
-    def _remove_distill_scratch(self, keep: tuple[Path, ...] = ()) -> None:
-        for path in [*self.run.path.glob("distill-*.ckpt"), *self.run.path.glob("teacher_outputs-*.npy")]:
-            if path not in keep:
-                path.unlink(missing_ok=True)
+    def _remove_distill_scratch(self, keep: tuple[str, ...] = ()) -> None:
+        """Scratch files of earlier distill runs, as this run directory's manifest lists them (never anyone else's)."""
+        self.run.remove(*[n for n in self.run.written("distill-*.ckpt") + self.run.written("teacher_outputs-*.npy") if n not in keep])
 
     def _training_throughput(self, result, train: np.ndarray) -> dict:
         """Training images/s against the bare distillation step at this rank's batch (teacher skipped when its outputs are stored)."""
@@ -324,18 +324,17 @@ class Pipeline:
         r = self.recipe
         task = progress.add_task("export: onnx", total=2, info="")
         student = load_student(r, self.run)
-        export_onnx(student, r.teacher.input, self.run / "student.onnx", r.teacher.class_names)
+        export_onnx(student, r.teacher.input, self.run.artifact("student.onnx"), r.teacher.class_names)
         progress.advance(task)
         train, holdout = self._split()
         sample = holdout if len(holdout) else train[:256]
         parity = parity_dict(check_parity(student, self.run / "student.onnx", sample, r.teacher.input))
-        atomic_write_json(self.run / "parity.json", parity)
+        atomic_write_json(self.run.artifact("parity.json"), parity)
         progress.advance(task)
         if parity["top1_agreement"] < 0.99 or parity["max_abs_diff"] > 1e-3:
             self.console.print(f"[yellow]export: ONNX and PyTorch differ: {parity}")
         outputs = ["student.onnx", "parity.json"]
-        for stale in ("student.int8.onnx", "student.int8.trt.onnx", "int8.json"):
-            (self.run / stale).unlink(missing_ok=True)
+        self.run.remove("student.int8.onnx", "student.int8.trt.onnx", "int8.json")
         if r.export.int8.enabled:
             outputs += self._export_int8(progress)
         self.run.mark_done("export", self.inputs("export"), outputs)
@@ -350,7 +349,7 @@ class Pipeline:
         for name, for_tensorrt in variants.items():
             result = quantize_int8(
                 self.run / "student.onnx",
-                self.run / name,
+                self.run.artifact(name),
                 calibration,
                 spec.mean,
                 spec.std,
@@ -362,7 +361,7 @@ class Pipeline:
             info["calibration_samples"] = result.calibration_samples
             info["models"][name] = {"bytes": result.size_bytes, "fp32_bytes": result.fp32_size_bytes, "for_tensorrt": for_tensorrt}
             progress.advance(task)
-        atomic_write_json(self.run / "int8.json", info)
+        atomic_write_json(self.run.artifact("int8.json"), info)
         log.info("export: int8 %s", json.dumps(info))
         return [*variants, "int8.json"]
 
@@ -420,10 +419,11 @@ class Pipeline:
             versions=package_versions(),
         ).as_json()
         atomic_write_json(
-            self.run / "latency_samples.json",
+            self.run.artifact("latency_samples.json"),
             {t.name: {"batch": 1, "samples_ms": t.latency_samples_ms} for t in results if t.latency_samples_ms},
         )
-        atomic_write_json(self.run / "report.json", report)
+        atomic_write_json(self.run.artifact("report.json"), report)
+        self.run.artifact(*GATE_FILES, "report.html")
         write_gate_files(self.run.path, report)
         try:
             write_report_html(self.run.path)
@@ -439,12 +439,28 @@ class Pipeline:
 
         Under torchrun every rank scores and trains; rank 0 alone decides what is done, writes, exports and validates."""
         main = self.world.main
+        claimed = None
+        if main:
+            try:
+                self.run.open()
+            except BadInput as exc:
+                claimed = str(exc)
+        claimed = broadcast_object(claimed)  # every rank ends with the same one line
+        if claimed is not None:
+            raise BadInput(claimed)
+        try:
+            return self._run_stages(stages, fresh, force)
+        finally:
+            self.run.close()
+
+    def _run_stages(self, stages: tuple[str, ...], fresh: bool, force: tuple[str, ...]) -> dict:
+        main = self.world.main
         if fresh and main:
             self.run.clear()
             self._remove_distill_scratch()
         if main:
             atomic_write_json(
-                self.run / "run.json",
+                self.run.artifact("run.json"),
                 {
                     "recipe": self.recipe.model_dump(mode="json"),
                     "seed": self.recipe.seed,
@@ -455,7 +471,7 @@ class Pipeline:
                 },
             )
         last = max(STAGES.index(s) for s in stages)
-        with _file_log(self.run / "run.log") if main else nullcontext(), _progress(self.console) as progress:
+        with _file_log(self.run.artifact("run.log")) if main else nullcontext(), _progress(self.console) as progress:
             for stage in STAGES[: last + 1]:
                 if not main and stage not in RANKED_STAGES:
                     break

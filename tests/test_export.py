@@ -184,13 +184,17 @@ def test_pipeline_export_writes_int8_and_validate_reports_its_drop(tmp_path):
     recipe = recipe_from_dict(data)
     pipeline = Pipeline(recipe, tmp_path / "run", Console(quiet=True))
     run = pipeline.run
+    run.open()  # claimed as a run directory, as run_stages does, so what is written here is the run's own
     pool = load_builtin("mnist-train").images[:300, None]
-    save_selection(Selection(pool, np.arange(300), np.full((300, 10), 0.1, np.float32)), run / "selected.npz")
-    atomic_write_json(run / "selection.json", {"selected": 300})
+    save_selection(
+        Selection(pool, np.arange(300), np.full((300, 10), 0.1, np.float32)), run.artifact("selected.npz", "selected_images.npy")
+    )
+    atomic_write_json(run.artifact("selection.json"), {"selected": 300})
     pipeline.run.mark_done("select", pipeline.inputs("select"), ["selected.npz", "selection.json"])
     save_student(trained_lenet5(), recipe, run)
-    atomic_write_json(run / "history.json", [])
+    atomic_write_json(run.artifact("history.json"), [])
     pipeline.run.mark_done("distill", pipeline.inputs("distill"), ["student.safetensors", "student.json", "history.json"])
+    run.close()
 
     report = pipeline.run_stages(("export", "validate"))
     int8 = json.loads((run / "int8.json").read_text())

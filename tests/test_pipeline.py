@@ -123,12 +123,18 @@ def test_checkpoint_left_by_other_inputs_is_not_resumed(finished_run, tmp_path):
     import shutil
 
     recipe, run, _ = finished_run
+    from edgedistill.results.rundir import RunDir
+
     copy = Path(shutil.copytree(run, tmp_path / "run"))
-    (copy / "distill-000000000000.ckpt").write_bytes(b"left by an interrupted run of another recipe")
-    (copy / "teacher_outputs-000000000000.npy").write_bytes(b"stale")
+    earlier = RunDir(copy)  # what an interrupted run of another recipe left, as it recorded it
+    earlier.open()
+    earlier.artifact("distill-000000000000.ckpt").write_bytes(b"left by an interrupted run of another recipe")
+    earlier.artifact("teacher_outputs-000000000000.npy").write_bytes(b"stale")
+    earlier.close()
+    (copy / "distill-mine.ckpt").write_bytes(b"a file the user put here: never touched")
     report = edgedistill.compress(load_recipe(recipe, ["distill.epochs=2", "targets.0.budget.min_accuracy=0"]), run_dir=copy)
     assert len(report["history"]) == 2
-    assert not list(copy.glob("distill-*.ckpt")) and not list(copy.glob("teacher_outputs-*.npy"))
+    assert [p.name for p in copy.glob("distill-*.ckpt")] == ["distill-mine.ckpt"] and not list(copy.glob("teacher_outputs-*.npy"))
 
 
 def test_the_kept_epoch_is_chosen_without_reading_the_evaluation_set(tmp_path):

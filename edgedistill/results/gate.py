@@ -133,6 +133,9 @@ def summary_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+GATE_FILES = ("junit.xml", "summary.md")
+
+
 def write_gate_files(run_dir: Path, report: dict) -> None:
     atomic_write_text(Path(run_dir) / "junit.xml", junit_xml(report))
     atomic_write_text(Path(run_dir) / "summary.md", summary_markdown(report))

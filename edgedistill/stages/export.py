@@ -132,7 +132,7 @@ def _quiet_dynamo():
 def _export_dynamo(model: nn.Module, spec: InputSpec, tmp: Path) -> onnx.ModelProto:
     """Exports at batch 2 (torch.export specializes a size-1 dim); may come back at opset 18 when the
     down-conversion fails, which is fine (>= 17), and with weights in a side file, which is folded back in."""
-    with tempfile.TemporaryDirectory(prefix=".export.", dir=tmp.parent) as work, _quiet_dynamo():
+    with tempfile.TemporaryDirectory(prefix=".export.", suffix=".part", dir=tmp.parent) as work, _quiet_dynamo():
         staged = Path(work) / "model.onnx"
         try:
             torch.onnx.export(

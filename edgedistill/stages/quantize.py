@@ -112,7 +112,7 @@ def quantize_int8(
     reader = _make_reader(images, index, spec.name, batch, mean_arr, std_arr)
     has_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".part", dir=out.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         staged = Path(tmp) / "quantized.onnx"
         with contextlib.redirect_stdout(io.StringIO()):

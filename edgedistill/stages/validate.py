@@ -19,9 +19,9 @@ from ..errors import BadInput, EdgeDistillError
 from ..inputs.images import normalize
 from ..inputs.labeled import EvalSet, read_class_folders
 from ..models.onnx_info import onnx_info
-from ..results.gate import write_gate_files
+from ..results.gate import GATE_FILES, write_gate_files
 from ..results.report import Report, TargetResult, target_entry
-from ..results.rundir import package_versions
+from ..results.rundir import RunDir, package_versions
 
 THROUGHPUT_BATCH = 64
 
@@ -272,6 +272,26 @@ def validate_model_file(
         )
     else:
         eval_set = EvalSet("none (latency only)", np.zeros((0, spec.channels, spec.size, spec.size), np.uint8), None)
+    run = RunDir(out_dir)
+    run.open()  # before measuring: a folder of someone else's files, or one in use, is refused first
+    try:
+        return _measure_and_report(run, model, info, spec, meta, target, budget, eval_set, on_progress, duration_s)
+    finally:
+        run.close()
+
+
+def _measure_and_report(
+    run: RunDir,
+    model: Path,
+    info,
+    spec: InputSpec,
+    meta: dict,
+    target: TargetSpec,
+    budget: Budget,
+    eval_set: EvalSet,
+    on_progress,
+    duration_s: float | None,
+) -> dict:
     result = validate_target(target, model, eval_set, spec, None, None, on_progress, duration_s=duration_s)
     report = Report(
         name=model.stem,
@@ -288,10 +308,9 @@ def validate_model_file(
         targets=[target_entry(result, budget)],
         versions=package_versions(),
     ).as_json()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_json(run.artifact("report.json"), report)
     if result.latency_samples_ms:
-        atomic_write_json(out_dir / "latency_samples.json", {result.name: {"batch": 1, "samples_ms": result.latency_samples_ms}})
-    write_gate_files(out_dir, report)
+        atomic_write_json(run.artifact("latency_samples.json"), {result.name: {"batch": 1, "samples_ms": result.latency_samples_ms}})
+    run.artifact(*GATE_FILES)
+    write_gate_files(run.path, report)
     return report
