@@ -397,7 +397,13 @@ class Pipeline:
         selection = json.loads((self.run / "selection.json").read_text())
         report = Report(
             name=r.name,
-            eval={"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
+            eval={
+                "name": eval_set.name,
+                "samples": len(eval_set.images),
+                "labeled": eval_set.labels is not None,
+                "unreadable": len(eval_set.unreadable),
+                "unreadable_examples": eval_set.unreadable[:5],
+            },
             teacher={"arch": r.teacher.arch, "parameters": count_parameters(self.teacher), "accuracy": teacher_acc},
             student={
                 "arch": r.student.arch,

@@ -423,3 +423,15 @@ def test_standalone_validate_foreign_model_and_bad_input(models, tmp_path):
         assert result.exit_code == 2 and needle in result.output, (argv, result.output)
     result = runner.invoke(app, ["validate", str(ROOT_RECIPE), "--runtime", "trtexec"])
     assert result.exit_code == 2 and "apply to `validate MODEL.onnx`" in result.output
+
+
+def test_unreadable_evaluation_files_are_counted_and_can_be_budgeted(models, tmp_path):
+    labeled = write_class_folders(tmp_path / "labeled", models["eval"])
+    (labeled / "3" / "broken.png").write_bytes(b"\x89PNG not really")
+    base = ["validate", str(models["fp32"]), "--labeled", str(labeled), "--iterations", "10", "--threads", "1"]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "lenient")])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "lenient" / "report.json").read_text())["eval"]
+    assert evaluation["unreadable"] == 1 and "broken.png" in evaluation["unreadable_examples"][0]
+    result = CliRunner().invoke(app, [*base, "--budget", "max_unreadable=0", "--out", str(tmp_path / "strict")])
+    assert result.exit_code == 3 and "max_unreadable: measured 1 file(s) > limit 0 file(s)" in result.output

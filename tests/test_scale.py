@@ -84,6 +84,17 @@ def test_shard_pool_decodes_every_sample_and_survives_damage(tmp_path, photos):
     assert any("broken.png" in r for r in bad) and any("damaged shard" in r for r in bad)
 
 
+def test_a_shard_cut_on_a_member_boundary_is_reported_truncated(tmp_path, photos):
+    (path,) = write_shards(tmp_path, photos[:20], per_shard=20)
+    with tarfile.open(path) as tar:
+        boundary = tar.getmembers()[20].offset  # the 11th sample's header: ten whole samples (png + cls), then the end
+    path.write_bytes(path.read_bytes()[:boundary])
+    images, bad = collect(Pool(SPEC, [ShardsPart("shards", [path])], batch_size=64))
+    assert len(images) == 10 and any("truncated after 10 samples (no end-of-archive marker" in r for r in bad)
+    (whole,) = write_shards(tmp_path / "whole", photos[:20], per_shard=20)
+    assert collect(Pool(SPEC, [ShardsPart("shards", [whole])], batch_size=64))[1] == []
+
+
 def test_workers_and_ranks_split_the_pool_without_overlap(tmp_path, photos):
     """Every (rank, worker) reader gets disjoint units; together exactly the whole pool."""
     folder = tmp_path / "tree"

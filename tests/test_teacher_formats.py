@@ -183,6 +183,9 @@ def test_class_count_mismatch(zoo):
     assert "class-count mismatch" in message and "10 outputs" in message
     message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "teacher.onnx", "num_classes": 5}))
     assert "class-count mismatch" in message
+    # weights of another architecture with the same class count: said so, with the first layer and both shapes
+    message = bad_input(lambda: load_teacher(recipe(zoo["dir"], torchvision_teacher("plain.safetensors", arch="torchvision:resnet50"))))
+    assert "another architecture" in message and "class-count" not in message and "in the file" in message
 
 
 def test_input_mismatch_between_recipe_and_model(zoo):

@@ -216,6 +216,9 @@ class Budget(Strict):
     p99_ms: Annotated[float, Field(gt=0)] | None = None
     min_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_unreadable: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="files of the labeled evaluation folder that could not be read; 0 requires every file to be read"
+    )
     max_int8_drop: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None,
         description="fp32 minus INT8 student accuracy (teacher agreement without labels): on this target when "

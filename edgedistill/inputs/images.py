@@ -3,9 +3,11 @@ files through here, so every stage sees a file as the same array."""
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -86,29 +88,63 @@ def convert_array(images: np.ndarray, spec: ImageShape, batch: int = 4096) -> np
     return out
 
 
-def iter_images(folder: Path) -> Iterator[Path]:
-    """Image files under `folder`, depth-first in name order, listed one directory at a time: a tree of
-    millions of files is never held as one list."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+@dataclass(frozen=True)
+class Skipped:
+    """An entry of a folder that is not an image to read: a symlink loop, a dangling link, an unreadable folder."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def iter_images(folder: Path) -> Iterator[Path | Skipped]:
+    """Image files under `folder`, depth-first in name order, listed one directory at a time (a tree of millions of
+    files is never held as one list). Symlinked folders and files are followed; a folder reached a second time
+    (two links to one folder, or a loop back to `folder` or a folder that holds it) is not listed again but yielded
+    as Skipped, as are dangling links and folders that cannot be read."""
+    root = Path(folder)
+    entered: set[tuple[int, int]] = set()
+    try:  # a link back to a folder that holds the root would list the root again: a loop
+        above = {(p.stat().st_dev, p.stat().st_ino) for p in root.resolve().parents}
     except OSError:
-        return
-    for entry in entries:
+        above = set()
+
+    def walk(directory: Path) -> Iterator[Path | Skipped]:
         try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from iter_images(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
-                yield Path(entry.path)
-        except OSError:  # a dangling or looping link: not an image
-            continue
+            stat = directory.stat()
+            if (stat.st_dev, stat.st_ino) in entered or (stat.st_dev, stat.st_ino) in above:
+                yield Skipped(directory, "symlink loop (a folder already listed)")
+                return
+            entered.add((stat.st_dev, stat.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(directory, f"cannot list it ({exc.strerror or type(exc).__name__})")
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():
+                    yield from walk(path)
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
+                    yield path if entry.is_file() else Skipped(path, "dangling link" if entry.is_symlink() else "not a file")
+            except OSError as exc:  # ELOOP from a link to itself, permissions
+                yield Skipped(
+                    path,
+                    "symlink loop (a link that leads back to itself)" if exc.errno == errno.ELOOP else exc.strerror or type(exc).__name__,
+                )
+
+    yield from walk(root)
 
 
 def sample_folder(folder: Path, spec: ImageShape, limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Up to `limit` decoded images from anywhere under `folder`, visited in a seeded shuffle (so a limit does
     not take only the first class folder); also the unreadable files met on the way, as 'path: reason'."""
-    files = list(iter_images(folder))
+    found = list(iter_images(folder))
+    files = [f for f in found if isinstance(f, Path)]
     images: list[np.ndarray] = []
-    bad: list[str] = []
+    bad: list[str] = [str(f) for f in found if isinstance(f, Skipped)]
     for i in np.random.default_rng(seed).permutation(len(files)):
         if len(images) >= limit:
             break

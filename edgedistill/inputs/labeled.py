@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import numpy as np
 from ..config.schema import InputSpec, Recipe
 from ..errors import BadInput
 from .builtin import load_builtin
-from .images import UnreadableImage, convert_array, decode_image, iter_images
+from .images import Skipped, UnreadableImage, convert_array, decode_image, iter_images
 
 
 @dataclass
@@ -20,6 +20,7 @@ class EvalSet:
     name: str
     images: np.ndarray  # uint8 (N, C, H, W)
     labels: np.ndarray | None  # int64 (N,)
+    unreadable: list[str] = field(default_factory=list)  # "path: reason" of files that could not be read
 
 
 def load_labeled(ref: str, recipe: Recipe) -> EvalSet:
@@ -62,17 +63,20 @@ def read_class_folders(
             raise BadInput(f"{what}: subfolder {c!r} of {folder} is neither a class name nor a class index below {num_classes}")
     if num_classes is not None and max(index.values()) >= num_classes:
         raise BadInput(f"{what}: {folder} has {len(classes)} class subfolders but the model has {num_classes} classes")
-    images, labels = [], []
+    images, labels, unreadable = [], [], []
     for c in classes:
         for path in iter_images(folder / c):
+            if isinstance(path, Skipped):
+                unreadable.append(str(path))
+                continue
             try:
                 images.append(decode_image(path, spec))
                 labels.append(index[c])
-            except UnreadableImage:
-                continue
+            except UnreadableImage as exc:
+                unreadable.append(f"{path}: {exc}")
     if not images:
         raise BadInput(f"{what}: no readable images under {folder}/<class>/")
     if limit:
         images, labels = images[:limit], labels[:limit]
     name = str(folder) + (" (classes in sorted folder order)" if by_sorted_order else "")
-    return EvalSet(name, np.stack(images), np.array(labels, dtype=np.int64))
+    return EvalSet(name, np.stack(images), np.array(labels, dtype=np.int64), unreadable)

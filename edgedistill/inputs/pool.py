@@ -25,7 +25,7 @@ from ..config.schema import InputSpec, PoolEntry, Recipe
 from ..errors import BadInput
 from ..registry import Registry
 from .builtin import BUILTINS, load_builtin
-from .images import IMAGE_SUFFIXES, UnreadableImage, convert_array, decode_image, iter_images
+from .images import IMAGE_SUFFIXES, Skipped, UnreadableImage, convert_array, decode_image, iter_images
 
 
 def expand_shards(pattern: str, base_dir: Path) -> list[Path]:
@@ -83,6 +83,9 @@ class ArrayPart:
 def _decode_files(files: list[tuple[int, Path]], base: int, spec: InputSpec) -> Batch:
     keys, images, bad = [], [], []
     for position, path in files:
+        if isinstance(path, Skipped):
+            bad.append(str(path))
+            continue
         try:
             images.append(decode_image(path, spec))
             keys.append(base + position)
@@ -190,6 +193,11 @@ class ShardsPart:
                     if len(images) + len(bad) >= batch:
                         yield _batch(keys, images, bad, spec)
                         keys, images, bad = [], [], []
+                if _plain(path) and path.stat().st_size < tar.offset + 2 * tarfile.BLOCKSIZE:
+                    bad.append(
+                        f"{path}: truncated after {position + 1} samples (no end-of-archive marker; "
+                        "the shard was cut short, e.g. by an interrupted copy)"
+                    )
         except (tarfile.TarError, OSError, EOFError) as exc:
             bad.append(f"{path}: {type(exc).__name__} after {position + 1} samples (damaged shard; the rest of it is skipped)")
         if keys or bad:
@@ -197,6 +205,15 @@ class ShardsPart:
 
 
 SHARD_IMAGE_EXTENSIONS = {s.lstrip(".") for s in IMAGE_SUFFIXES}
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz: their streams detect truncation themselves
+
+
+def _plain(path: Path) -> bool:
+    """An uncompressed tar, whose end can be checked against the file size."""
+    with open(path, "rb") as f:
+        return not f.read(6).startswith(COMPRESSED_MAGIC)
+
+
 PoolPart = ArrayPart | FolderPart | ManifestPart | ShardsPart
 
 
@@ -298,11 +315,11 @@ class FolderSource(PoolSource):
 
     def part(self, recipe: Recipe, index: int) -> PoolPart:
         folder = recipe.resolve(self.folder)
-        if next(iter_images(folder), None) is None:
+        if not any(isinstance(p, Path) for p in iter_images(folder)):
             raise BadInput(f"pool.{index}.folder: no images found under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         sample = None
         if self.count is not None:
-            paths = list(iter_images(folder))
+            paths = [p for p in iter_images(folder) if isinstance(p, Path)]
             sample = sorted(random.Random(recipe.seed + index).sample(paths, self.count)) if self.count < len(paths) else paths
         return FolderPart(str(folder), folder, sample)
 

@@ -153,26 +153,25 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path)
     """Loads `state` strictly, explaining a class-count or channel mismatch in the user's terms."""
     own = model.state_dict()
     state = _strip_wrappers(state, set(own))
-    shape_errors = [k for k in state.keys() & own.keys() if state[k].shape != own[k].shape]
+    shape_errors = [k for k in own if k in state and state[k].shape != own[k].shape]  # in the model's layer order
     if shape_errors:
-        head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if head and f"{head[-1][0]}.weight" in shape_errors:
-            name = head[-1][0]
-            raise BadInput(
-                f"{path}: class-count mismatch: its classifier {name} has {state[name + '.weight'].shape[0]} outputs "
-                f"but num_classes is {own[name + '.weight'].shape[0]}"
-            )
+        head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         stem = first_conv(model)
-        if stem and f"{stem[0]}.weight" in shape_errors:
-            key = f"{stem[0]}.weight"
+        first = shape_errors[0]
+        if head and all(k.startswith(head[-1] + ".") for k in shape_errors) and state[first].shape[1:] == own[first].shape[1:]:
             raise BadInput(
-                f"{path}: input-channel mismatch: its first conv {stem[0]} takes {state[key].shape[1]} channel(s) "
-                f"but input.channels is {own[key].shape[1]}"
+                f"{path}: class-count mismatch: its classifier {head[-1]} has {state[first].shape[0]} outputs but "
+                f"num_classes is {own[first].shape[0]} (every other layer fits); set num_classes: {state[first].shape[0]}"
             )
-        k = sorted(shape_errors)[0]
+        if stem and shape_errors == [f"{stem[0]}.weight"] and state[first].shape[2:] == own[first].shape[2:]:
+            raise BadInput(
+                f"{path}: input-channel mismatch: its first conv {stem[0]} takes {state[first].shape[1]} channel(s) "
+                f"but input.channels is {own[first].shape[1]} (every other layer fits)"
+            )
         raise BadInput(
-            f"{path} does not fit the architecture: {len(shape_errors)} shape mismatch(es), e.g. {k} is "
-            f"{list(state[k].shape)} in the file but {list(own[k].shape)} in the model"
+            f"{path} holds another architecture: {len(shape_errors)} layer(s) have other shapes, the first {first}: "
+            f"{list(state[first].shape)} in the file, {list(own[first].shape)} in {type(model).__name__}; check the arch "
+            "(more than the class count differs)"
         )
     missing = sorted(k for k in own.keys() - state.keys() if not k.endswith("num_batches_tracked"))
     unexpected = sorted(state.keys() - own.keys())

@@ -12,7 +12,7 @@ from ..errors import BudgetFailed, EdgeDistillError, TargetUnavailable
 EXIT_PASSED = 0
 EXIT_BUDGET_FAILED = BudgetFailed.exit_code
 EXIT_TARGET_UNAVAILABLE = TargetUnavailable.exit_code
-_PASSES_WHEN = {"p99_ms": "<=", "min_accuracy": ">=", "max_accuracy_drop": "<="}
+_PASSES_WHEN = {"p99_ms": "<=", "min_accuracy": ">=", "max_accuracy_drop": "<=", "max_unreadable": "<=", "max_int8_drop": "<="}
 _FAILS_AS = {"<=": ">", ">=": "<"}
 _ABSENT: Any = object()
 
@@ -118,6 +118,8 @@ def gate_error(report: dict) -> EdgeDistillError | None:
 def format_figure(budget: str, value: float | None) -> str:
     if value is None:
         return "-"
+    if budget == "max_unreadable":
+        return f"{int(value)} file(s)"
     return f"{value:.4g} ms" if budget.endswith("_ms") else f"{value:.2%}"
 
 

@@ -45,6 +45,7 @@ def budget_verdicts(
     teacher_accuracy: float | None,
     agreement: float | None,
     int8_drop: tuple[float, str] | None = None,
+    unreadable: int = 0,
 ) -> list[dict]:
     """One verdict per budget; without labels, accuracy budgets are judged on teacher agreement."""
     measured_acc = accuracy if accuracy is not None else agreement
@@ -82,6 +83,16 @@ def budget_verdicts(
                 "measured": drop,
                 "passed": drop <= budget.max_accuracy_drop,
                 "basis": f"teacher minus student {basis}",
+            }
+        )
+    if budget.max_unreadable is not None:
+        verdicts.append(
+            {
+                "budget": "max_unreadable",
+                "limit": budget.max_unreadable,
+                "measured": unreadable,
+                "passed": unreadable <= budget.max_unreadable,
+                "basis": "files of the evaluation set that could not be read",
             }
         )
     if budget.max_int8_drop is not None:
@@ -174,7 +185,9 @@ def validate_target(
         result.facts = runner.facts()
         int8_drop = _int8_drop(result, int8_reference)
         result.int8_drop = int8_drop[0] if int8_drop else None
-        result.verdicts = budget_verdicts(target.budget, latency.p99_ms, result.accuracy, teacher_accuracy, result.agreement, int8_drop)
+        result.verdicts = budget_verdicts(
+            target.budget, latency.p99_ms, result.accuracy, teacher_accuracy, result.agreement, int8_drop, len(eval_set.unreadable)
+        )
     except EdgeDistillError as exc:
         if exc.exit_code == 2:
             raise
@@ -304,7 +317,13 @@ def _measure_and_report(
             "input": spec.model_dump(),
             "metadata": {k: v for k, v in meta.items() if k != "class_names"},
         },
-        eval={"name": eval_set.name, "samples": len(eval_set.images), "labeled": eval_set.labels is not None},
+        eval={
+            "name": eval_set.name,
+            "samples": len(eval_set.images),
+            "labeled": eval_set.labels is not None,
+            "unreadable": len(eval_set.unreadable),
+            "unreadable_examples": eval_set.unreadable[:5],
+        },
         targets=[target_entry(result, budget)],
         versions=package_versions(),
     ).as_json()
