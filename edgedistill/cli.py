@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,12 +117,25 @@ def _run(fn: Callable[[], dict | None]) -> None:
         if report:
             print_report(report)
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if report and _under_torchrun():
+            # torchrun takes any non-zero exit for a crash (and retries it with --max-restarts): a verdict is not one
+            console.print(
+                f"under torchrun this process exits 0 so the launcher does not restart it; the gate's exit code "
+                f"({exc.exit_code}) comes from `edgedistill gate RUN_DIR` (docs/ci.md)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(0) from None
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished stages are kept; run the same command again to resume")
         raise typer.Exit(130) from None
     if report:
         print_report(report)
+
+
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _stage_command(stages: tuple[str, ...]) -> Callable:
@@ -449,6 +463,20 @@ def report_command(run_dir: Path = typer.Argument(..., help="run directory with 
         out.print(str(path), highlight=False, soft_wrap=True)
 
     _run(rebuild)
+
+
+@app.command("gate")
+def gate_command(run_dir: Path = typer.Argument(..., help="run directory of a finished run", show_default=False)) -> None:
+    """Exit with the verdict of a finished run, as compress would have: 0 all budgets met, 3 a budget failed, 4 a target
+    unavailable (2 when there is no report). The CI gate step after `torchrun ... compress`, which always exits 0."""
+    from .results.report import exit_code
+
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"{run_dir}: no readable report.json ({type(exc).__name__}); run compress (or validate) for it first")
+    print_report(report)
+    raise typer.Exit(exit_code(report))
 
 
 @app.command("recipe-schema")

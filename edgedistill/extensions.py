@@ -25,7 +25,7 @@ def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
     if not any(weights):
         raise BadInput(f"{source}: distill.loss: every weight is 0; give a loss (kd, for one) a weight above 0")
     for i, target in enumerate(recipe.targets):
-        check_target(target, f"{source}: targets.{i}")
+        check_target(target.resolved(recipe), f"{source}: targets.{i}")
         needs_int8 = target.precision == "int8" or target.budget.max_int8_drop is not None
         if needs_int8 and not recipe.export.int8.enabled:
             raise BadInput(f"{source}: targets.{i}: target {target.name} needs the INT8 model, but export.int8.enabled is false")

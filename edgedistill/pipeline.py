@@ -513,6 +513,15 @@ def compress(
     if not init_world(recipe.compute.device).main:
         console = Console(stderr=True, quiet=True)
     console = console or Console(stderr=True)
+    if "validate" in stages:
+        for target in recipe.targets:  # found now, not after a distillation
+            probe = {"usable": True} if target.ssh else RUNTIMES[target.runtime].probe()
+            if not probe.get("usable"):
+                console.print(
+                    f"[yellow]target {target.name}: runtime {target.runtime} is not usable here ({probe.get('detail')}); "
+                    "it will be reported unavailable (exit 4)",
+                    highlight=False,
+                )
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     forced = stages if len(stages) == 1 else ()
     try:

@@ -182,9 +182,15 @@ def test_two_ranks_select_what_one_process_selects_and_train_a_student_that_vali
     one = launch([sys.executable, "-m", "edgedistill", "select", str(recipe), "--run-dir", str(tmp_path / "one")], tmp_path)
     out_one = one.communicate(timeout=600)[0]
     assert one.returncode == 0, out_one
-    two = launch(torchrun(recipe, tmp_path / "two"), tmp_path)
+    failing = yaml.safe_load(recipe.read_text())
+    failing["targets"][0]["budget"]["p99_ms"] = 0.000001  # a budget no model meets: a verdict, not a crash
+    (tmp_path / "failing.yaml").write_text(yaml.safe_dump(failing))
+    two = launch(torchrun(tmp_path / "failing.yaml", tmp_path / "two"), tmp_path)
     out_two = two.communicate(timeout=600)[0]
-    assert two.returncode == 0, out_two
+    assert two.returncode == 0 and "ChildFailedError" not in out_two, out_two  # torchrun saw no crash
+    assert "budget failed" in out_two and "edgedistill gate" in out_two
+    gate = subprocess.run([sys.executable, "-m", "edgedistill", "gate", str(tmp_path / "two")], capture_output=True, text=True)
+    assert gate.returncode == 3, gate.stdout + gate.stderr  # the verdict reaches CI
     a, b = np.load(tmp_path / "one" / "selected.npz"), np.load(tmp_path / "two" / "selected.npz")
     np.testing.assert_array_equal(a["pool_index"], b["pool_index"])
     np.testing.assert_array_equal(a["probs"], b["probs"])
@@ -193,7 +199,7 @@ def test_two_ranks_select_what_one_process_selects_and_train_a_student_that_vali
     assert selection["selected_from_source"].keys() == {"shards/pool-{0000..0006}.tar", "sklearn-digits"}
     assert selection["throughput"]["ranks"] == 2
     report = json.loads((tmp_path / "two" / "report.json").read_text())
-    assert report["passed"] and report["targets"][0]["accuracy"] > 0.1 and len(report["history"]) == 2
+    assert not report["passed"] and report["targets"][0]["accuracy"] > 0.1 and len(report["history"]) == 2
     assert json.loads((tmp_path / "two" / "run.json").read_text())["ranks"] == 2
     assert out_two.count("select: scoring pool") <= 2  # rank 0 alone shows progress
 

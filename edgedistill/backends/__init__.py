@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from ..errors import BadInput, did_you_mean
 from . import onnxruntime, openvino, tensorrt
 from .base import Runner
+from .hosts.ssh import check_destination
 from .trtexec import runner as trtexec_runner
 
 if TYPE_CHECKING:
@@ -72,3 +73,10 @@ def check_target(target: TargetSpec, where: str = "") -> None:
         raise BadInput(f"{prefix}runtime {runtime.name} runs on this machine; for a device over ssh use runtime: {' or '.join(others)}")
     if target.providers and not runtime.providers:
         raise BadInput(f"{prefix}providers are ONNX Runtime execution providers; they need runtime: onnxruntime")
+    if target.ssh:
+        try:
+            check_destination(target.ssh)
+        except BadInput as exc:
+            raise BadInput(f"{prefix}ssh: {exc}") from None
+        if target.ssh_config is not None and not Path(target.ssh_config).expanduser().is_file():
+            raise BadInput(f"{prefix}ssh_config: {target.ssh_config} does not exist")

@@ -16,7 +16,9 @@ from pydantic import ValidationError
 
 from ..errors import BadInput
 from ..inputs.builtin import BUILTINS
+from ..inputs.labeled import class_folders
 from ..inputs.pool import SOURCES
+from ..models.factory import build_student_model
 from ..models.teachers import complete_teacher_spec
 from .schema import Recipe
 
@@ -88,7 +90,21 @@ def recipe_from_dict(data: dict[str, Any], base_dir: Path = Path("."), source: s
     _check_files(recipe, source)
     t = recipe.teacher
     complete_teacher_spec(t, recipe.resolve(t.weights) if t.weights is not None else None, source)
+    _check_after_teacher(recipe, source)
     return recipe
+
+
+def _check_after_teacher(recipe: Recipe, source: str) -> None:
+    """What needs the teacher's classes and input: the student is built once (a wrong arch or feature layer costs
+    seconds here, not a distillation), and a labeled folder's subfolders are matched to the classes."""
+    t, s = recipe.teacher, recipe.student
+    try:
+        build_student_model(s.arch, t.num_classes, t.input, s.feature_layer, recipe.base_dir)
+    except BadInput as exc:
+        raise BadInput(f"{source}: student.arch: {exc}") from None
+    labeled = recipe.eval.labeled
+    if labeled and not labeled.startswith("builtin:"):
+        class_folders(recipe.resolve(Path(labeled)), t.class_names, t.num_classes, f"{source}: eval.labeled")
 
 
 def _pool_sources(recipe: Recipe, source: str) -> None:

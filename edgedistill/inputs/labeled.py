@@ -34,17 +34,10 @@ def load_labeled(ref: str, recipe: Recipe) -> EvalSet:
     return read_class_folders(recipe.resolve(Path(ref)), spec, recipe.teacher.class_names, recipe.teacher.num_classes, recipe.eval.limit)
 
 
-def read_class_folders(
-    folder: Path,
-    spec: InputSpec,
-    names: list[str] | None,
-    num_classes: int | None,
-    limit: int | None = None,
-    what: str = "eval.labeled",
-    sorted_fallback: bool = False,
-) -> EvalSet:
-    """One subfolder per class, named as the class or its index. `sorted_fallback`, for models made elsewhere
-    that name neither: classes are the sorted subfolder names, as torchvision's ImageFolder numbers them."""
+def class_folders(
+    folder: Path, names: list[str] | None, num_classes: int | None, what: str = "eval.labeled", sorted_fallback: bool = False
+) -> tuple[list[str], dict[str, int], bool]:
+    """The class subfolders of `folder` and the class index of each, checked before any image is read."""
     if not folder.is_dir():
         raise BadInput(f"{what}: {folder} is not a directory of class subfolders")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -63,6 +56,21 @@ def read_class_folders(
             raise BadInput(f"{what}: subfolder {c!r} of {folder} is neither a class name nor a class index below {num_classes}")
     if num_classes is not None and max(index.values()) >= num_classes:
         raise BadInput(f"{what}: {folder} has {len(classes)} class subfolders but the model has {num_classes} classes")
+    return classes, index, by_sorted_order
+
+
+def read_class_folders(
+    folder: Path,
+    spec: InputSpec,
+    names: list[str] | None,
+    num_classes: int | None,
+    limit: int | None = None,
+    what: str = "eval.labeled",
+    sorted_fallback: bool = False,
+) -> EvalSet:
+    """One subfolder per class, named as the class or its index. `sorted_fallback`, for models made elsewhere
+    that name neither: classes are the sorted subfolder names, as torchvision's ImageFolder numbers them."""
+    classes, index, by_sorted_order = class_folders(folder, names, num_classes, what, sorted_fallback)
     images, labels, unreadable = [], [], []
     for c in classes:
         for path in iter_images(folder / c):

@@ -124,7 +124,7 @@ class ManifestPart:
 
     size = None
 
-    def _paths(self) -> Iterator[str]:
+    def paths(self) -> Iterator[str]:
         if self.manifest.suffix.lower() in (".parquet", ".pq"):
             try:
                 import pyarrow.parquet as pq
@@ -149,7 +149,7 @@ class ManifestPart:
 
     def units(self, batch: int) -> Iterator[object]:
         root = self.manifest.parent
-        yield from _chunks(enumerate((root / p).resolve() if not os.path.isabs(p) else Path(p) for p in self._paths()), batch)
+        yield from _chunks(enumerate((root / p).resolve() if not os.path.isabs(p) else Path(p) for p in self.paths()), batch)
 
     def read(self, unit: list[tuple[int, Path]], base: int, spec: InputSpec, batch: int) -> Iterator[Batch]:
         yield _decode_files(unit, base, spec)
@@ -343,8 +343,15 @@ class ManifestSource(PoolSource):
     column: str = Field("path", description="the column that holds the paths")
 
     def check(self, recipe: Recipe, where: str) -> None:
-        if not recipe.resolve(self.manifest).is_file():
-            raise BadInput(f"{where}.manifest: file {recipe.resolve(self.manifest)} does not exist")
+        path = recipe.resolve(self.manifest)
+        if not path.is_file():
+            raise BadInput(f"{where}.manifest: file {path} does not exist")
+        try:  # the header (CSV) or the schema (Parquet) says whether the column is there
+            next(ManifestPart(str(path), path, self.column).paths(), None)
+        except BadInput as exc:
+            raise BadInput(f"{where}.column: {exc}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # pyarrow's errors derive from these
+            raise BadInput(f"{where}.manifest: {path} cannot be read as CSV or Parquet ({type(exc).__name__}: {exc})") from None
 
     def part(self, recipe: Recipe, index: int) -> PoolPart:
         path = recipe.resolve(self.manifest)

@@ -293,19 +293,19 @@ def distill(
             store_teacher_outputs(distiller, images, input_spec, teacher_cache, compute)
         barrier()
         stored = np.load(teacher_cache, mmap_mode="c")  # copy-on-write: writable for torch.from_numpy, never written
-    classes = None if stored is None else stored.shape[1] - distiller.teacher_tap.features.flatten(1).shape[1]
+    logit_width = None if stored is None else stored.shape[1] - distiller.teacher_tap.features.flatten(1).shape[1]
     step_student: nn.Module = student
     if w.distributed:
         step_student = DistributedDataParallel(student, device_ids=[compute.device] if compute.device.type == "cuda" else None)
     if compute.compile:
         step_student = torch.compile(step_student)
     sampler = EpochOrder(len(active), w.rank, w.size, seed)
-    classes = None
+    image_classes = None  # the teacher's class of each training image, for balancing
     if spec.balance:
-        classes = (
+        image_classes = (
             teacher_probs.argmax(1) if teacher_probs is not None else logits_of(distiller.teacher, images, input_spec, compute).argmax(1)
         )
-        sampler.weights = balancing_weights(classes[active], spec.balance)
+        sampler.weights = balancing_weights(image_classes[active], spec.balance)
     dataset = SelectedBatches(images, stored, active)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -323,8 +323,8 @@ def distill(
             student.eval()
             scores = disagreement(teacher_probs, logits_of(student, images, input_spec, compute), spec.resample.by)
             dataset.active = training_subset(teacher_probs, per_class, spec.resample, scores)
-            if classes is not None:
-                sampler.weights = balancing_weights(classes[dataset.active], spec.balance)
+            if image_classes is not None:
+                sampler.weights = balancing_weights(image_classes[dataset.active], spec.balance)
         distiller.train()
         sums: dict[str, float] = {}
         for step, (batch, teacher_out) in enumerate(loader):
@@ -337,7 +337,7 @@ def distill(
                 batch = refine(distiller.teacher, batch, input_spec, refining, generator, student=student, class_weights=rare)
             if teacher_out is not None:
                 teacher_out = teacher_out.to(compute.device, non_blocking=True)
-                teacher_out = (teacher_out[:, :classes], teacher_out[:, classes:])
+                teacher_out = (teacher_out[:, :logit_width], teacher_out[:, logit_width:])
             parts = distiller(compute.input(standardize(batch, input_spec)), teacher_out, step_student, compute.autocast)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts["loss"]).backward()

@@ -138,6 +138,14 @@ def score_samples(probs: np.ndarray, strategy: Strategy, index: np.ndarray, seed
     return group, strategy.score(probs, index, seed)
 
 
+def _one_line_errors(batches):
+    """A DataLoader worker's BadInput arrives wrapped in its traceback: pass it on as the one line it was."""
+    try:
+        yield from batches
+    except BadInput as exc:
+        raise BadInput(str(exc).strip().splitlines()[-1].removeprefix("edgedistill.errors.BadInput: ")) from None
+
+
 def select_pool(
     teacher: nn.Module,
     pool: Pool,
@@ -164,7 +172,7 @@ def select_pool(
     scored_from: Counter = Counter()
     try:
         with torch.inference_mode():
-            for keys, images, bad in pool.loader(workers, compute.pin_memory):
+            for keys, images, bad in _one_line_errors(pool.loader(workers, compute.pin_memory)):
                 for reason in bad:
                     skipped[reason.rsplit(": ", 1)[-1]] += 1
                     if len(examples) < 5:

@@ -262,6 +262,12 @@ def validate_model_file(
         raise BadInput("--budget min_accuracy needs --labeled FOLDER (one subfolder of images per class)")
     spec, meta = model_input_spec(model, mean, std)
     info = onnx_info(model)
+    if info.num_classes() is None:
+        name, dims = info.outputs[0] if info.outputs else ("(none)", ())
+        raise BadInput(
+            f"{model}: not an image classifier: its output {name!r} has shape {list(dims)}, not (batch, classes) "
+            "logits; give the model's classification output"
+        )
     if info.quantized and RUNTIMES[runtime].int8_flavour == "tensorrt" and precision == "fp32":
         precision = "int8"  # TensorRT only honours Q/DQ ranges with INT8 enabled
     try:

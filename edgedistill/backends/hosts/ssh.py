@@ -244,6 +244,17 @@ class _Master:
             self._finalizer()
 
 
+def check_destination(destination: object) -> None:
+    """host, user@host or a Host alias: never an option (a leading '-') or anything with spaces."""
+    if (
+        not isinstance(destination, str)
+        or not destination
+        or destination.startswith("-")
+        or any(c.isspace() or c == "\0" for c in destination)
+    ):
+        raise BadInput(f"{destination!r} is not a valid ssh destination (want host, user@host or a Host alias)")
+
+
 class SSHTarget:
     """A remote machine reached with the system ``ssh``; one shared connection per target."""
 
@@ -256,13 +267,7 @@ class SSHTarget:
         host_key_policy: HostKeyPolicy = "strict",
         connect_timeout_s: float = 10,
     ) -> None:
-        if (
-            not isinstance(destination, str)
-            or not destination
-            or destination.startswith("-")
-            or any(c.isspace() or c == "\0" for c in destination)
-        ):
-            raise BadInput(f"{destination!r} is not a valid ssh destination (want host, user@host or a Host alias)")
+        check_destination(destination)
         if host_key_policy not in _POLICIES:
             raise BadInput(f"host_key_policy must be 'strict' or 'accept-new', not {host_key_policy!r}")
         if not connect_timeout_s or connect_timeout_s <= 0:
