@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def test_refused_key_is_unavailable(compressed_run, sshd_server, tmp_path):
 
 def test_hung_target_times_out_and_is_cleaned_up(compressed_run, sshd_server, tmp_path):
     slow = tmp_path / "slow-python"
-    slow.write_text("#!/bin/sh\nsleep 3\n")
+    slow.write_text("#!/bin/sh\nsleep 37.5 &\nsleep 37.25\n")  # a hung step with a child of its own
     slow.chmod(0o755)
     spec = TargetSpec(**ssh_target_entry(sshd_server, remote_python=str(slow), timeout_s=1))
     before = set(Path("/tmp").glob("edgedistill.*"))
@@ -114,6 +115,8 @@ def test_hung_target_times_out_and_is_cleaned_up(compressed_run, sshd_server, tm
         create_runner(spec, compressed_run.run_dir / "student.onnx")
     leftovers = {p for p in set(Path("/tmp").glob("edgedistill.*")) - before if (p / "edgedistill_ort.py").exists()}
     assert not leftovers
+    still = subprocess.run(["pgrep", "-f", "sleep 37.(5|25)"], capture_output=True, text=True).stdout.split()
+    assert not still, f"processes left running on the target: {still}"
 
 
 def test_missing_execution_provider_on_target(compressed_run, sshd_server):

@@ -135,7 +135,7 @@ class RemoteOnnxRuntimeRunner(HostRunner):
             ",".join(self.providers),
             *map(str, args),
         ]
-        result = self.host.run(argv, timeout_s=self.target.timeout_s, check=False)
+        result = self._run_tracked(argv, self.target.timeout_s)
         if result.returncode == 127:
             raise TargetUnavailable(
                 f"{self.destination}: `{self.python}` not found on the target. "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from typing import TYPE_CHECKING
 
 from ...errors import EdgeDistillError, TargetUnavailable
@@ -17,6 +18,16 @@ if TYPE_CHECKING:
     from ...config.schema import TargetSpec
 
 CONNECT_TIMEOUT_S = 10
+PROCESS_GROUP_FILE = "process-group"
+# argv in a session of its own (setsid; a shell without a terminal has no job control), its id written to $0
+START_GROUP = 'if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi; pid=$!; echo "$pid" > "$0"; wait "$pid"'
+# TERM that group if it still runs (the process and its children where setsid was missing), then KILL it after a second
+STOP_GROUP = (
+    'test -f "$0" || exit 0; g=$(cat "$0"); '
+    'kill -TERM -- "-$g" 2>/dev/null || { pkill -TERM -P "$g" 2>/dev/null; kill -TERM "$g" 2>/dev/null; } || exit 0; i=0; '
+    'while kill -0 "$g" 2>/dev/null && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done; '
+    'kill -KILL -- "-$g" 2>/dev/null || kill -KILL "$g" 2>/dev/null; exit 0'
+)
 _FULL_DISK = re.compile(r"No space left on device|Disk quota exceeded")
 
 
@@ -57,6 +68,12 @@ class HostRunner(Runner):
             self.close()
             raise
 
+    def _run_tracked(self, argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[bytes]:
+        """Runs argv on the host in a process group of its own, whose id goes to the work dir: a process on a board
+        outlives the ssh connection that started it, so close() stops the group after a timeout or an interrupt."""
+        wrapped = ["sh", "-c", START_GROUP, self._path(PROCESS_GROUP_FILE), *argv]
+        return self.host.run(wrapped, timeout_s=timeout_s, check=False)
+
     def _read_text(self, remote: str) -> str:
         try:
             return self.host.run(["cat", remote], timeout_s=self.target.timeout_s).stdout.decode("utf-8", "replace")
@@ -77,10 +94,12 @@ class HostRunner(Runner):
         return self._device_facts
 
     def close(self) -> None:
-        """Removes the work dir and ends the connection; never raises, since it runs after failures too."""
+        """Stops what is still running (after a timeout or an interrupt), removes the work dir and ends the connection;
+        never raises, since it runs after failures too."""
         workdir, self.workdir = self.workdir, None
         try:
             if workdir is not None:
+                self.host.run(["sh", "-c", STOP_GROUP, f"{workdir}/{PROCESS_GROUP_FILE}"], timeout_s=30, check=False)
                 self.host.remove(workdir)
         except EdgeDistillError:
             pass

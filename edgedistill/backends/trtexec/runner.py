@@ -110,7 +110,7 @@ class TrtexecRunner(HostRunner):
         return None if self.fixed_batch else {self.input_name: (batch, *self.item_shape)}
 
     def _run(self, argv: list[str], what: str) -> TrtexecRun:
-        result = self.host.run(argv, timeout_s=self.target.timeout_s, check=False)
+        result = self._run_tracked(argv, self.target.timeout_s)
         log = (result.stdout + b"\n" + result.stderr).decode("utf-8", "replace")
         if result.returncode == 127:
             raise TargetUnavailable(f"{self.destination}: `{self.trtexec}` could not be started ({last_line(result.stderr)}).")
