@@ -338,7 +338,7 @@ def test_standalone_validate_command(models, tmp_path, standin_on_path):
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     target = report["targets"][0]
     assert report["passed"] and target["accuracy"] > 0.9 and target["agreement"] is None
-    assert report["eval"] == {"name": str(labeled), "samples": 200, "labeled": True}
+    assert report["eval"] == {"name": str(labeled), "samples": 200, "labeled": True, "unreadable": 0, "unreadable_examples": []}
     assert target["latency"]["iterations"] == 20 and "noisy" in target["latency"] and target["throughput"]["batch"] == 64
     assert target["facts"]["intra_op_threads"] == 1 and report["model"]["opset"] >= 17
     assert (tmp_path / "ok" / "junit.xml").is_file() and (tmp_path / "ok" / "latency_samples.json").is_file()
