@@ -445,6 +445,8 @@ class Pipeline:
 
         Under torchrun every rank scores and trains; rank 0 alone decides what is done, writes, exports and validates."""
         main = self.world.main
+        if stages != ("export",):
+            self.teacher  # noqa: B018  (first: weights that do not fit their model are a one-line error before anything is written)
         claimed = None
         if main:
             try:

@@ -102,3 +102,44 @@ def test_fresh_forgets_only_what_runs_wrote_and_files_follow_the_umask(tmp_path)
     assert (run / "notes.txt").read_text() == "the user's" and (run / "stages" / "mine.json").read_text() == "{}"
     manifest = json.loads((run / MARKER).read_text())["files"]
     assert "notes.txt" not in manifest and "stages/select.json" in manifest and "report.json" in manifest
+
+
+DETERMINISTIC = (
+    "selected.npz",
+    "selected_images.npy",
+    "student.safetensors",
+    "student.json",
+    "student.onnx",
+    "parity.json",
+    "student.int8.onnx",
+    "int8.json",
+)
+# (what shows the stage is under way, seconds to wait at most after it): a kill point inside each stage
+KILL_POINTS = [("run.log", 1.0), ("selected.npz", 0.0), ("distill-*.ckpt", 1.5), ("student.onnx", 0.3), ("int8.json", 0.5)]
+
+
+def test_killed_at_seeded_points_of_every_stage_resumes_to_the_same_artifacts(tmp_path):
+    """SIGKILL at seeded random moments inside select, distill, export and validate; each rerun resumes. The final
+    artifacts are byte-identical to an uninterrupted run's and nothing is left behind."""
+    import random
+
+    recipe = tiny_recipe(tmp_path, budget={}, epochs=4)
+    whole = subprocess.run(compress_cmd(recipe, tmp_path / "whole"), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    run, rng, kills = tmp_path / "chaos", random.Random(20261201), 0
+    for trigger, most in KILL_POINTS:
+        proc = subprocess.Popen(compress_cmd(recipe, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not list(run.glob(trigger)):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, most))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    done = subprocess.run(compress_cmd(recipe, run), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert kills >= 4  # every stage was interrupted at least once
+    for name in DETERMINISTIC:
+        assert (run / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert not list(run.rglob("*.part")) and not list(run.glob("distill-*.ckpt")) and not list(run.glob("teacher_outputs-*"))
+    assert set(json.loads((run / MARKER).read_text())["files"]) == set(json.loads((tmp_path / "whole" / MARKER).read_text())["files"])
