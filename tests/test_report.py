@@ -31,6 +31,7 @@ def test_report_is_self_contained_with_every_plot(compressed_run):
     for heading in ("Budgets", "Targets", "Latency", "Selection from the pool", "Selected pool images", "Learning curves"):
         assert f"<h2>{heading}" in text
     assert text.count('<tr class="pass">') == 3  # cpu: p99_ms, min_accuracy; board: p99_ms
+    assert "<h2>Pool coverage</h2>" in text and text.count('<tr class="covered-') == 10  # a row per class
 
 
 def test_report_command_rebuilds_it(compressed_run, tmp_path):

@@ -57,7 +57,7 @@ def test_an_empty_folder_is_claimed_and_marked(tmp_path):
 
 
 def test_one_run_per_directory_and_a_dead_holder_never_blocks(tmp_path):
-    recipe = tiny_recipe(tmp_path, budget={}, epochs=3)
+    recipe = tiny_recipe(tmp_path, budget={}, epochs=2)
     run = tmp_path / "run"
     first = subprocess.Popen(compress_cmd(recipe, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -123,7 +123,7 @@ def test_killed_at_seeded_points_of_every_stage_resumes_to_the_same_artifacts(tm
     artifacts are byte-identical to an uninterrupted run's and nothing is left behind."""
     import random
 
-    recipe = tiny_recipe(tmp_path, budget={}, epochs=4)
+    recipe = tiny_recipe(tmp_path, budget={}, epochs=3)
     whole = subprocess.run(compress_cmd(recipe, tmp_path / "whole"), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stdout + whole.stderr
     run, rng, kills = tmp_path / "chaos", random.Random(20261201), 0

@@ -225,12 +225,12 @@ def _target_rows(targets: list[dict]) -> str:
 
 def _coverage_table(coverage: list[dict], names: list[str]) -> str:
     """How well the pool covers each class, worst first, with what to do where it falls short."""
-    order, css = {"poorly": 0, "thinly": 1, "well": 2}, {"poorly": "fail", "thinly": "thin", "well": "pass"}
+    order = {"poorly": 0, "thinly": 1, "well": 2}
     rows = []
     for c in sorted(coverage, key=lambda c: (order.get(c["level"], 3), c["class"])):
         name = names[c["class"]] if c["class"] < len(names) else c["class"]
         rows.append(
-            f'<tr class="{css.get(c["level"], "")}"><td>{_esc(name)}</td><td>{c["level"]}</td>'
+            f'<tr class="covered-{c["level"]}"><td>{_esc(name)}</td><td>{c["level"]}</td>'
             f"<td>{c['selected']:,} / {c['quota']:,}</td><td>{c['mean_confidence']:.2f}</td>"
             f"<td>{c['pool_predicted']:,}</td><td>{_esc(c['advice'] or '')}</td></tr>"
         )
@@ -252,7 +252,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f4f7}tr.pass td:last-child{color:#116611}tr.fail td,tr.error td{background:#fde8e8}tr.thin td{background:#fff6e0}
+th{background:#f2f4f7}tr.pass td:last-child{color:#116611}tr.fail td,tr.error td,tr.covered-poorly td{background:#fde8e8}tr.covered-thinly td{background:#fff6e0}
 td.facts{font-size:11px;color:#555;max-width:420px}img{max-width:100%;display:block;margin:6px 0}
 .verdict{display:inline-block;padding:3px 10px;border-radius:4px;color:#fff;font-weight:600}
 .v0{background:#1b7f3b}.v3{background:#c62828}.v4{background:#b26a00}.muted{color:#666;font-size:13px}
