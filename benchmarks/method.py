@@ -1,6 +1,6 @@
 """The method measured against its rivals and against itself without each part, over several seeds.
 
-    .venv/bin/python -m benchmarks.method --quick|--full [--bench B1,B1-hard,B2,B3] [--seeds N] [--rows full,previous]
+    .venv/bin/python -m benchmarks.method --quick|--full [--bench B1,B1-hard,B2,B3] [--seed 0,1,2] [--rows full,previous]
 
 Every distillation row runs the product: `edgedistill.compress` (select and distill stages) on a recipe derived from
 recipes/demo.yaml, in its own run directory under runs/bench/; rows whose select section is the same share one
@@ -12,7 +12,7 @@ Development and reporting are kept apart (docs/method.md): defaults were chosen 
 a fashion-mnist training subset) with seed 0 only; this benchmark reports on sets that tuning never read
 (mnist-heldout, fashion-mnist-test, opencv-digits), and B3 was never run before the final report.
 
-Raw results go to runs/bench/method-<mode>/<bench>.json; every invocation renders all benches found there into
+Raw results go to runs/bench/method-<mode>/<bench>.seed<k>.json; every invocation renders all benches found there into
 docs/results.md and the docs/<bench>_time_to_accuracy.png plots.
 """
 
@@ -42,7 +42,7 @@ from edgedistill.inputs.builtin import FASHION_CLASSES, load_builtin
 from edgedistill.inputs.images import convert_array, standardize
 from edgedistill.inputs.labeled import load_labeled
 from edgedistill.pipeline import build_student, compress, load_teacher
-from edgedistill.results.rundir import package_versions
+from edgedistill.results.rundir import RunDir, package_versions
 from edgedistill.stages.augment import augment_batch
 from edgedistill.stages.validate import predict_torch
 
@@ -99,7 +99,7 @@ BENCHES = {
                 "input": {"channels": 1, "size": 32, "mean": [0.1307], "std": [0.3081]},
             },
             "student": {"arch": "torchvision:mobilenet_v3_small"},
-            "select": {"per_class": 1500},
+            "select": {"per_class": 1000},
             "eval": {"labeled": "builtin:opencv-digits"},
         },
         "upper": ("mnist-train", None),
@@ -128,39 +128,40 @@ PLAIN_KD = {
 }
 
 # row -> (label, edits to the bench's recipe; None: not a distillation row)
+# fmt: off
 ROWS = {
     "teacher": ("teacher", None),
     "ce_upper": ("student, cross-entropy on the teacher's labeled data (upper bound)", None),
     "kd_random": ("plain KD on a random pool subset (affine augmentation only)", PLAIN_KD),
-    "previous": ("previous default (class-drop top-3 everywhere, no mixing, 20 epochs, last epoch)", PREVIOUS),
+    "previous": ("previous default (class-drop top-3, no mixing or balancing, 20 epochs, last epoch)", PREVIOUS),
     "full": ("**full method (the defaults)**", {}),
     "no_cutmix": ("full method, CutMix off", {"distill": {"augment": {"cutmix": 0.0}}}),
     "no_mosaic": ("full method, mosaics off", {"distill": {"augment": {"mosaic": 0.0}}}),
     "no_balance": ("full method, class-balanced sampling off", {"distill": {"balance": 0.0}}),
-    "no_refine": ("full method, refinement off", {"distill": {"refine": None}}),
-    "no_adaptive_drop": ("full method, class-drop on every label (not only noisy ones)", {"class_drop": {"only_below": None}}),
     "no_class_drop": ("full method, class-drop off", {"class_drop": {"mode": "none"}}),
+    "adaptive_drop": ("full method, class-drop only on labels whose top probability is under 0.5",
+                      {"class_drop": {"only_below": 0.5}}),
     "no_feature": ("full method, feature loss off", {"distill": {"loss": {"feature": 0.0}}}),
     "no_relation": ("full method, relation loss off", {"distill": {"loss": {"relation": 0.0}}}),
     "no_selection": ("full method, selection -> random", {"select": {"strategy": "random", "reservoir": 1}}),
     "last_epoch": ("full method, last epoch kept instead of the label-free choice", {"distill": {"keep": "last"}}),
-    "plus_resample": (
-        "full method + student-in-the-loop sampling (reservoir 4x, redrawn every 2 epochs)",
-        {"select": {"reservoir": 4}, "distill": {"resample": {"every": 2}}},
-    ),
-    "plus_refine_once": (
-        "full method + 10 steps of refinement toward the teacher's class, once, before training",
-        {"distill": {"refine": {"when": "once", "steps": 10, "step_size": 0.02, "radius": 0.1, "target": "argmax"}}},
-    ),
-    "plus_disagreement": (
-        "full method + disagreement search within radius 0.1 (1 step per batch)",
-        {"distill": {"refine": {"steps": 1, "step_size": 0.1, "radius": 0.1, "target": "disagreement"}}},
-    ),
+    "plus_resample": ("full method + student-in-the-loop sampling (reservoir 4x, redrawn every 2 epochs)",
+                      {"select": {"reservoir": 4}, "distill": {"resample": {"every": 2}}}),
+    "plus_refine": ("full method + refinement of every batch toward random classes (1 step of 0.2, radius 0.2), equal time",
+                    {"distill": {"refine": {"steps": 1, "step_size": 0.2, "radius": 0.2, "target": "random"}}}),
+    "plus_refine_once": ("full method + 10 steps of refinement toward the teacher's class, once, before training, equal time",
+                         {"distill": {"refine": {"when": "once", "steps": 10, "step_size": 0.02, "radius": 0.1, "target": "argmax"}}}),
+    "plus_disagreement": ("full method + teacher-student disagreement search within radius 0.1 (1 step per batch), equal time",
+                          {"distill": {"refine": {"steps": 1, "step_size": 0.1, "radius": 0.1, "target": "disagreement"}}}),
     "dafl": ("DAFL generator baseline (benchmarks/dafl.py)", None),
 }
+# fmt: on
+# Rows whose part costs training time get fewer epochs, so that they run in about the full method's wall time:
+# refining every batch doubles a step, the disagreement search triples it, refining once costs ~10 epochs' worth.
+EQUAL_TIME = {"plus_refine": 0.5, "plus_disagreement": 0.33, "plus_refine_once": 0.75}
 MODES = {  # epochs of every distillation row (None: the recipe's); DAFL's budget as a multiple of the full method's wall time
     "quick": {"epochs": 10, "seeds": 1, "dafl_factor": 3.0, "dafl_seeds": 1},
-    "full": {"epochs": None, "seeds": 3, "dafl_factor": 10.0, "dafl_seeds": 1},
+    "full": {"epochs": None, "seeds": 3, "dafl_factor": 5.0, "dafl_seeds": 1},
 }
 
 
@@ -193,11 +194,13 @@ def run_row(recipe: Recipe, run: Path, selections: dict[str, Path]) -> dict:
     """One row through the product, its selection copied from an earlier row that scored the same pool the same way."""
     if run.exists():
         shutil.rmtree(run)
-    (run / "stages").mkdir(parents=True)
     key = select_key(recipe)
-    if key in selections:
+    if key in selections:  # claimed and recorded as the run's own, as a select stage would have written them
+        claimed = RunDir(run)
+        claimed.open()
         for name in ("selected.npz", "selected_images.npy", "selection.json", "stages/select.json"):
-            shutil.copyfile(selections[key] / name, run / name)
+            shutil.copyfile(selections[key] / name, claimed.artifact(name))
+        claimed.close()
     compress(recipe, run_dir=run, stages=("select", "distill"), console=Console(quiet=True))
     selections.setdefault(key, run)
     history = json.loads((run / "history.json").read_text())
@@ -254,7 +257,8 @@ def time_to(curve: list, target: float) -> float | None:
     return next((t for t, a in curve if a >= target), None)
 
 
-def run_bench(bench: str, mode: str, seeds: int, only_rows: list[str] | None, log) -> dict:
+def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log) -> dict:
+    """Every row of one bench for one seed (one seed per call, so seeds can run as separate processes)."""
     cfg, m = BENCHES[bench], MODES[mode]
     keys = list(ROWS) if cfg["rows"] == "all" else list(cfg["rows"])
     keys = [k for k in keys if (k != "ce_upper" or cfg["upper"]) and (k != "dafl" or cfg.get("dafl"))]
@@ -275,65 +279,62 @@ def run_bench(bench: str, mode: str, seeds: int, only_rows: list[str] | None, lo
         "what": cfg["what"],
         "mode": mode,
         "epochs": base.distill.epochs,
-        "seeds": seeds,
+        "seeds": [seed],
         "teacher_accuracy": teacher_acc,
         "eval": base.eval.labeled,
         "rows": {k: {"label": ROWS[k][0], "runs": []} for k in keys},
     }
     if "teacher" in keys:
-        results["rows"]["teacher"]["runs"] = [{"seed": 0, "accuracy": teacher_acc, "wall_s": None, "curve": []}]
-    for seed in range(seeds):
-        selections: dict[str, Path] = {}
-        for k in keys:
-            if k in ("teacher", "dafl"):
-                continue
-            load = os.getloadavg()[0]
-            if k == "ce_upper":
-                name, count = cfg["upper"]
-                data = load_builtin(name, count=count, seed=seed)
-                images, labels = convert_array(data.images, spec), data.labels.astype(np.int64)
-                epochs = max(
-                    base.distill.epochs, math.ceil(base.distill.epochs * 24000 / len(images))
-                )  # about the distillation rows' steps
-                curve = train_ce(make_recipe(bench, seed, m["epochs"]), images, labels, epochs, seed, accuracy_of)
-                run = {
-                    "accuracy": curve[-1][1],
-                    "wall_s": curve[-1][0],
-                    "curve": curve,
-                    "note": f"{len(images)} labeled {name} images, {epochs} epochs",
-                }
-            else:
-                recipe = make_recipe(bench, seed, m["epochs"], ROWS[k][1])
-                run = run_row(recipe, OUT / f"method-{mode}" / bench / f"seed{seed}" / k, selections)
-            run.update(seed=seed, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
-            results["rows"][k]["runs"].append(run)
-            log(
-                f"[{bench} seed {seed}] {k}: {run['accuracy']:.4f} in {run['wall_s']:.0f} s (load {run['load_before']}/{run['load_after']})"
-            )
-        if "dafl" in keys and seed < m["dafl_seeds"] and results["rows"]["full"]["runs"]:
-            full = results["rows"]["full"]["runs"][-1]
-            budget = m["dafl_factor"] * full["wall_s"]
-            torch.manual_seed(seed)
-            out = run_dafl(teacher, build_student(base), budget, accuracy_of, seed, eval_every_s=max(5.0, budget / 60))
-            curve = [(round(t, 2), a) for t, a in out["curve"]]
-            reach = time_to(curve, full["accuracy"])
+        results["rows"]["teacher"]["runs"] = [{"seed": seed, "accuracy": teacher_acc, "wall_s": None, "curve": []}]
+    selections: dict[str, Path] = {}
+    for k in keys:
+        if k in ("teacher", "dafl"):
+            continue
+        load = os.getloadavg()[0]
+        if k == "ce_upper":
+            name, count = cfg["upper"]
+            data = load_builtin(name, count=count, seed=seed)
+            images, labels = convert_array(data.images, spec), data.labels.astype(np.int64)
+            epochs = math.ceil(base.distill.epochs * 24000 / len(images))  # about the distillation rows' steps
+            curve = train_ce(make_recipe(bench, seed, m["epochs"]), images, labels, epochs, seed, accuracy_of)
             run = {
-                "seed": seed,
                 "accuracy": curve[-1][1],
-                "best_accuracy": max(a for _, a in curve),
                 "wall_s": curve[-1][0],
                 "curve": curve,
-                "budget_s": budget,
-                "steps": out["steps"],
-                "images_seen": out["images_seen"],
-                "reaches_full_method_at_s": reach,
-                "load_after": round(os.getloadavg()[0], 2),
+                "note": f"{len(images)} labeled {name} images, {epochs} epochs",
             }
-            results["rows"]["dafl"]["runs"].append(run)
-            log(
-                f"[{bench} seed {seed}] dafl: {run['accuracy']:.4f} (best {run['best_accuracy']:.4f}) in a {budget:.0f} s budget; "
-                f"reaches the full method's {full['accuracy']:.4f}: {reach}"
-            )
+        else:
+            recipe = make_recipe(bench, seed, m["epochs"], ROWS[k][1])
+            if k in EQUAL_TIME:
+                recipe = make_recipe(bench, seed, max(1, round(recipe.distill.epochs * EQUAL_TIME[k])), ROWS[k][1])
+            run = run_row(recipe, OUT / f"method-{mode}" / bench / f"seed{seed}" / k, selections)
+        run.update(seed=seed, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
+        results["rows"][k]["runs"].append(run)
+        log(f"[{bench} seed {seed}] {k}: {run['accuracy']:.4f} in {run['wall_s']:.0f} s (load {run['load_before']}/{run['load_after']})")
+    if "dafl" in keys and seed < m["dafl_seeds"] and results["rows"]["full"]["runs"]:
+        full = results["rows"]["full"]["runs"][-1]
+        budget = m["dafl_factor"] * full["wall_s"]
+        torch.manual_seed(seed)
+        out = run_dafl(teacher, build_student(base), budget, accuracy_of, seed, eval_every_s=max(5.0, budget / 60))
+        curve = [(round(t, 2), a) for t, a in out["curve"]]
+        reach = time_to(curve, full["accuracy"])
+        run = {
+            "seed": seed,
+            "accuracy": curve[-1][1],
+            "best_accuracy": max(a for _, a in curve),
+            "wall_s": curve[-1][0],
+            "curve": curve,
+            "budget_s": budget,
+            "steps": out["steps"],
+            "images_seen": out["images_seen"],
+            "reaches_full_method_at_s": reach,
+            "load_after": round(os.getloadavg()[0], 2),
+        }
+        results["rows"]["dafl"]["runs"].append(run)
+        log(
+            f"[{bench} seed {seed}] dafl: {run['accuracy']:.4f} (best {run['best_accuracy']:.4f}) in a {budget:.0f} s budget; "
+            f"reaches the full method's {full['accuracy']:.4f}: {reach}"
+        )
     return results
 
 
@@ -413,10 +414,26 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def merge_seeds(files: list[Path]) -> dict:
+    """One bench's per-seed result files as one result: runs concatenate; the teacher row is kept once."""
+    parts = sorted((json.loads(f.read_text()) for f in files), key=lambda r: r["seeds"][0])
+    merged = {**parts[-1], "rows": {}, "seeds": [s for p in parts for s in p["seeds"]]}
+    merged["bench_wall_s"] = sum(p["bench_wall_s"] for p in parts)
+    merged["command"] = "; ".join(dict.fromkeys(p["command"] for p in parts))
+    for p in parts:
+        for k, row in p["rows"].items():
+            runs = merged["rows"].setdefault(k, {"label": row["label"], "runs": []})["runs"]
+            if k != "teacher" or not runs:
+                runs.extend(row["runs"])
+    return merged
+
+
 def render(mode: str) -> str:
-    files = sorted((OUT / f"method-{mode}").glob("*.json"))
+    by_bench: dict[str, list[Path]] = {}
+    for f in sorted((OUT / f"method-{mode}").glob("*.seed*.json")):
+        by_bench.setdefault(f.name.split(".seed")[0], []).append(f)
     order = {b: i for i, b in enumerate(BENCHES)}
-    all_results = sorted((json.loads(f.read_text()) for f in files), key=lambda r: order.get(r["bench"], 99))
+    all_results = sorted((merge_seeds(fs) for fs in by_bench.values()), key=lambda r: order.get(r["bench"], 99))
     m = MODES[mode]
     lines = [
         "# Results: the method against its rivals, and without each of its parts",
@@ -428,7 +445,7 @@ def render(mode: str) -> str:
     for r in all_results:
         r["dafl_factor"] = m["dafl_factor"]
         lines += [
-            f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, {r['seeds']} seed(s)",
+            f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, seeds {', '.join(map(str, r['seeds']))}",
             "",
             r["what"] + ".",
             "",
@@ -440,7 +457,11 @@ def render(mode: str) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(cells) + " |" for cells in summarize(r)]
-        lines += ["", f"Command: `{r['command']}` (bench wall time {r['bench_wall_s']:.0f} s, {r['finished']}).", ""]
+        lines += [
+            "",
+            f"Commands: `{r['command']}` (bench wall time {r['bench_wall_s']:.0f} s summed over seeds, last finished {r['finished']}).",
+            "",
+        ]
         png = ROOT / "docs" / f"{r['bench'].lower().replace('-', '_')}_time_to_accuracy.png"
         plot(r, png)
         lines += [f"![{r['bench']} accuracy against time]({png.name})", ""]
@@ -467,48 +488,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="10 epochs, 1 seed, generator budget 3x the full method")
-    g.add_argument("--full", action="store_true", help="the recipe's epochs, 3 seeds, generator budget 10x the full method")
+    g.add_argument("--full", action="store_true", help="the recipe's epochs, 3 seeds, generator budget 5x the full method")
     parser.add_argument("--bench", default="B1,B1-hard,B2,B3")
-    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--seed", help="only these seeds (comma-separated); each seed is stored in its own file")
     parser.add_argument("--rows", help="only these rows (comma-separated); results of other rows are kept")
     parser.add_argument("--render-only", action="store_true", help="rewrite docs/results.md from the stored results")
     args = parser.parse_args()
     mode = "full" if args.full else "quick"
     torch.set_num_threads(1)
     if not args.render_only:
-        seeds = args.seeds or MODES[mode]["seeds"]
+        seeds = [int(k) for k in args.seed.split(",")] if args.seed else list(range(MODES[mode]["seeds"]))
         out_dir = OUT / f"method-{mode}"
         out_dir.mkdir(parents=True, exist_ok=True)
         only = args.rows.split(",") if args.rows else None
         for bench in args.bench.split(","):
             if bench not in BENCHES:
                 sys.exit(f"unknown bench {bench!r}; choose from {', '.join(BENCHES)}")
-            started = time.perf_counter()
-            log_file = (out_dir / f"{bench}.log").open("a")
+            for seed in seeds:
+                started = time.perf_counter()
+                with (out_dir / f"{bench}.log").open("a") as log_file:
 
-            def log(msg: str, log_file=log_file) -> None:
-                print(msg, flush=True)
-                log_file.write(msg + "\n")
-                log_file.flush()
+                    def log(msg: str, log_file=log_file) -> None:
+                        print(msg, flush=True)
+                        log_file.write(msg + "\n")
+                        log_file.flush()
 
-            results = run_bench(bench, mode, seeds, only, log)
-            stored = out_dir / f"{bench}.json"
-            if only and stored.is_file():  # merge: the rows run now replace those of an earlier invocation
-                earlier = json.loads(stored.read_text())
-                earlier["rows"].update({k: v for k, v in results["rows"].items() if v["runs"]})
-                results = {**earlier, **{k: v for k, v in results.items() if k != "rows"}, "rows": earlier["rows"]}
-            results.update(
-                {
-                    "command": " ".join(
-                        shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]]
-                    ),
-                    "bench_wall_s": time.perf_counter() - started,
-                    "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "versions": package_versions(),
-                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-                }
-            )
-            stored.write_text(json.dumps(results, indent=1))
+                    results = run_bench(bench, mode, seed, only, log)
+                stored = out_dir / f"{bench}.seed{seed}.json"
+                if only and stored.is_file():  # merge: the rows run now replace those of an earlier invocation
+                    earlier = json.loads(stored.read_text())
+                    earlier["rows"].update({k: v for k, v in results["rows"].items() if v["runs"]})
+                    results = {**earlier, **{k: v for k, v in results.items() if k != "rows"}, "rows": earlier["rows"]}
+                results.update(
+                    {
+                        "command": " ".join(
+                            shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]]
+                        ),
+                        "bench_wall_s": time.perf_counter() - started,
+                        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "versions": package_versions(),
+                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+                    }
+                )
+                stored.write_text(json.dumps(results, indent=1))
     print(render(mode))
 
 

@@ -26,7 +26,8 @@ def tiny_recipe(tmp_path: Path, budget: dict | None = None, **distill) -> Path:
     data["teacher"]["weights"] = str(TEACHER)
     data["pool"] = [{"builtin": "sklearn-digits"}, {"builtin": "fashion-mnist", "count": 2000}]
     data["select"] = {"strategy": "balanced", "per_class": 60}
-    data["distill"].update({"epochs": 3, "batch_size": 32, **distill})
+    # Mixing (on by default) slows a 3-epoch run on 600 images to near chance; tests that need it pass `augment`.
+    data["distill"].update({"epochs": 3, "batch_size": 32, "augment": {"cutmix": 0.0, "mosaic": 0.0}, **distill})
     data["eval"] = {"labeled": "builtin:mnist-heldout", "limit": 500}
     data["targets"] = [
         {

@@ -135,12 +135,12 @@ class AugmentSpec(Strict):
     hflip: bool = False
     mixup: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="probability that a batch is mixed with a shuffled copy of itself")
     cutmix: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0,
+        0.5,
         description="probability per image of pasting a box (30-70% of the side) from another image of the batch; "
         "the teacher labels the result",
     )
     mosaic: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0,
+        0.3,
         description="probability per image of becoming a two-tile mosaic with another image of the batch, side by side "
         "or stacked; the teacher labels the result",
     )
@@ -183,7 +183,7 @@ class RefineSpec(Strict):
 
 
 class DistillSpec(Strict):
-    epochs: Annotated[int, Field(gt=0)] = 20
+    epochs: Annotated[int, Field(gt=0)] = 40
     batch_size: Annotated[int, Field(gt=1)] = 256
     lr: Annotated[float, Field(gt=0)] = Field(0.003, description="peak learning rate of AdamW's one-cycle schedule")
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
@@ -194,7 +194,7 @@ class DistillSpec(Strict):
     )
     augment: AugmentSpec | None = AugmentSpec()
     balance: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0,
+        1.0,
         description="how far each epoch evens out the teacher's classes: images are drawn with probability "
         "proportional to (images of their class)^-balance; 0: each image once, 1: every class equally often",
     )

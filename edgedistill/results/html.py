@@ -252,7 +252,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f4f7}tr.pass td:last-child{color:#116611}tr.fail td,tr.error td,tr.covered-poorly td{background:#fde8e8}tr.covered-thinly td{background:#fff6e0}
+th{background:#f2f4f7}tr.pass td:last-child{color:#116611}
+tr.fail td,tr.error td,tr.covered-poorly td{background:#fde8e8}tr.covered-thinly td{background:#fff6e0}
 td.facts{font-size:11px;color:#555;max-width:420px}img{max-width:100%;display:block;margin:6px 0}
 .verdict{display:inline-block;padding:3px 10px;border-radius:4px;color:#fff;font-weight:600}
 .v0{background:#1b7f3b}.v3{background:#c62828}.v4{background:#b26a00}.muted{color:#666;font-size:13px}
