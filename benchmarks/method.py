@@ -161,7 +161,7 @@ ROWS = {
 EQUAL_TIME = {"plus_refine": 0.5, "plus_disagreement": 0.33, "plus_refine_once": 0.75}
 MODES = {  # epochs of every distillation row (None: the recipe's); DAFL's budget as a multiple of the full method's wall time
     "quick": {"epochs": 10, "seeds": 1, "dafl_factor": 3.0, "dafl_seeds": 1},
-    "full": {"epochs": None, "seeds": 3, "dafl_factor": 5.0, "dafl_seeds": 1},
+    "full": {"epochs": None, "seeds": 3, "dafl_factor": 10.0, "dafl_seeds": 1},
 }
 
 
@@ -488,7 +488,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="10 epochs, 1 seed, generator budget 3x the full method")
-    g.add_argument("--full", action="store_true", help="the recipe's epochs, 3 seeds, generator budget 5x the full method")
+    g.add_argument("--full", action="store_true", help="the recipe's epochs, 3 seeds, generator budget 10x the full method")
     parser.add_argument("--bench", default="B1,B1-hard,B2,B3")
     parser.add_argument("--seed", help="only these seeds (comma-separated); each seed is stored in its own file")
     parser.add_argument("--rows", help="only these rows (comma-separated); results of other rows are kept")
