@@ -5,8 +5,8 @@
 Every distillation row runs the product: `edgedistill.compress` (select and distill stages) on a recipe derived from
 recipes/demo.yaml, in its own run directory under runs/bench/; rows whose select section is the same share one
 scoring pass of the pool (its time is counted in each). The accuracy of a row is that of the student the run keeps
-(chosen without labels), on the bench's reporting set. Only the labeled upper bound (cross-entropy on the teacher's
-own data) and the generator baseline (benchmarks/dafl.py) are written here.
+(the last epoch's, or by hold-out teacher agreement: never by labels), on the bench's reporting set. Only the labeled
+upper bound (cross-entropy on the teacher's own data) and the generator baseline (benchmarks/dafl.py) are written here.
 
 Development and reporting are kept apart (docs/method.md): defaults were chosen on development sets (mnist-train,
 a fashion-mnist training subset) with seed 0 only; this benchmark reports on sets that tuning never read
@@ -28,14 +28,17 @@ import shlex
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from filelock import FileLock
 from rich.console import Console
 
+from edgedistill.atomic import atomic_write_text
 from edgedistill.config.load import recipe_from_dict
 from edgedistill.config.schema import Recipe
 from edgedistill.inputs.builtin import FASHION_CLASSES, load_builtin
@@ -144,7 +147,8 @@ ROWS = {
     "no_feature": ("full method, feature loss off", {"distill": {"loss": {"feature": 0.0}}}),
     "no_relation": ("full method, relation loss off", {"distill": {"loss": {"relation": 0.0}}}),
     "no_selection": ("full method, selection -> random", {"select": {"strategy": "random", "reservoir": 1}}),
-    "last_epoch": ("full method, last epoch kept instead of the label-free choice", {"distill": {"keep": "last"}}),
+    "agreement_choice": ("full method, the epoch of best hold-out teacher agreement kept instead of the last", None),
+    "epochs_80": ("full method, 80 epochs instead of 40", {"distill": {"epochs": 80}}),
     "plus_resample": ("full method + student-in-the-loop sampling (reservoir 4x, redrawn every 2 epochs)",
                       {"select": {"reservoir": 4}, "distill": {"resample": {"every": 2}}}),
     "plus_refine": ("full method + refinement of every batch toward random classes (1 step of 0.2, radius 0.2), equal time",
@@ -259,8 +263,9 @@ def time_to(curve: list, target: float) -> float | None:
     return next((t for t, a in curve if a >= target), None)
 
 
-def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log) -> dict:
-    """Every row of one bench for one seed (one seed per call, so seeds can run as separate processes)."""
+def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log, save) -> dict:
+    """Every row of one bench for one seed (one seed per call, so seeds can run as separate processes); `save` is
+    called after each row, so a run that is stopped keeps the rows it finished."""
     cfg, m = BENCHES[bench], MODES[mode]
     keys = list(ROWS) if cfg["rows"] == "all" else list(cfg["rows"])
     keys = [k for k in keys if (k != "ce_upper" or cfg["upper"]) and (k != "dafl" or cfg.get("dafl"))]
@@ -290,7 +295,7 @@ def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log
         results["rows"]["teacher"]["runs"] = [{"seed": seed, "accuracy": teacher_acc, "wall_s": None, "curve": []}]
     selections: dict[str, Path] = {}
     for k in keys:
-        if k in ("teacher", "dafl"):
+        if k in ("teacher", "dafl", "agreement_choice"):  # not trained: the teacher, below, or read from `full`
             continue
         load = os.getloadavg()[0]
         if k == "ce_upper":
@@ -314,6 +319,7 @@ def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log
         run.update(seed=seed, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
         results["rows"][k]["runs"].append(run)
         log(f"[{bench} seed {seed}] {k}: {run['accuracy']:.4f} in {run['wall_s']:.0f} s (load {run['load_before']}/{run['load_after']})")
+        save(results)
     if "dafl" in keys and seed < m["dafl_seeds"] and results["rows"]["full"]["runs"]:
         full = results["rows"]["full"]["runs"][-1]
         budget = m["dafl_factor"] * full["wall_s"]
@@ -338,6 +344,7 @@ def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log
             f"[{bench} seed {seed}] dafl: {run['accuracy']:.4f} (best {run['best_accuracy']:.4f}) in a {budget:.0f} s budget; "
             f"reaches the full method's {full['accuracy']:.4f}: {reach}"
         )
+        save(results)
     return results
 
 
@@ -417,12 +424,28 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def wall_sum(results: dict) -> float:
+    return sum(run["wall_s"] or 0 for row in results["rows"].values() for run in row["runs"])
+
+
+def add_agreement_row(results: dict) -> None:
+    """`keep: best` changes which epoch is saved, never the training, so its row is read from the full method's runs:
+    the epoch of highest hold-out agreement (ties: the later), as distill would have kept it."""
+    runs = []
+    for run in results["rows"].get("full", {}).get("runs", []):
+        scores = run["holdout_agreement"]
+        best = max(e for e, s in enumerate(scores, 1) if s == max(scores))
+        runs.append({**run, "accuracy": run["curve"][best - 1][1], "kept_epoch": best})
+    if runs:
+        results["rows"]["agreement_choice"] = {"label": ROWS["agreement_choice"][0], "runs": runs}
+        results["rows"] = {k: results["rows"][k] for k in ROWS if k in results["rows"]}
+
+
 def merge_seeds(files: list[Path]) -> dict:
     """One bench's per-seed result files as one result: runs concatenate; the teacher row is kept once."""
     parts = sorted((json.loads(f.read_text()) for f in files), key=lambda r: r["seeds"][0])
     merged = {**parts[-1], "rows": {}, "seeds": [s for p in parts for s in p["seeds"]]}
-    merged["bench_wall_s"] = sum(p["bench_wall_s"] for p in parts)
-    merged["command"] = "; ".join(dict.fromkeys(p["command"] for p in parts))
+    merged["command"] = "; ".join(dict.fromkeys(c for p in parts for c in p["command"].split("; ")))
     for p in parts:
         for k, row in p["rows"].items():
             runs = merged["rows"].setdefault(k, {"label": row["label"], "runs": []})["runs"]
@@ -447,6 +470,7 @@ def render(mode: str) -> str:
     ]
     for r in all_results:
         r["dafl_factor"] = m["dafl_factor"]
+        add_agreement_row(r)
         lines += [
             f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs per distillation row, seeds {', '.join(map(str, r['seeds']))}",
             "",
@@ -454,7 +478,8 @@ def render(mode: str) -> str:
             "",
             f"Accuracy is on {r['eval'].removeprefix('builtin:')}, a set no default was tuned on; ± is the standard deviation "
             "over seeds (selection, holdout, initial weights and batch order change with the seed). Each row's student is "
-            "the epoch the run kept by itself, from teacher agreement on held-out selected images (no labels).",
+            "the epoch its recipe keeps without reading labels: the last one by default, or (`keep: best`) the one with the "
+            "best teacher agreement on held-out selected images.",
             "",
             "| row | accuracy % (mean ± std) | % of teacher | wall time (s) | time to 95% of final (s) | load (1-min) | notes |",
             "|---|---|---|---|---|---|---|",
@@ -462,7 +487,7 @@ def render(mode: str) -> str:
         lines += ["| " + " | ".join(cells) + " |" for cells in summarize(r)]
         lines += [
             "",
-            f"Commands: `{r['command']}` (bench wall time {r['bench_wall_s']:.0f} s summed over seeds, last finished {r['finished']}).",
+            f"Commands: `{r['command']}` (rows' wall times sum to {wall_sum(r):.0f} s; last finished {r['finished']}).",
             "",
         ]
         png = ROOT / "docs" / f"{r['bench'].lower().replace('-', '_')}_time_to_accuracy.png"
@@ -487,6 +512,27 @@ def render(mode: str) -> str:
     return text
 
 
+def store(path: Path, merge_rows: bool, results: dict) -> None:
+    """Write one bench and seed's results; with `merge_rows` (a --rows run), the rows run now replace only theirs in
+    the stored file, read again under a lock, so several --rows processes can share one bench and seed."""
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]])
+    with FileLock(str(path) + ".lock"):
+        commands = [command]
+        if merge_rows and path.is_file():
+            earlier = json.loads(path.read_text())
+            rows = {**earlier["rows"], **{k: v for k, v in results["rows"].items() if v["runs"]}}
+            results = {**earlier, **{k: v for k, v in results.items() if k != "rows"}, "rows": rows}
+            commands = list(dict.fromkeys([*earlier["command"].split("; "), command]))
+        results = {
+            **results,
+            "command": "; ".join(commands),
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "versions": package_versions(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        }
+        atomic_write_text(path, json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = parser.add_mutually_exclusive_group()
@@ -508,7 +554,6 @@ def main() -> None:
             if bench not in BENCHES:
                 sys.exit(f"unknown bench {bench!r}; choose from {', '.join(BENCHES)}")
             for seed in seeds:
-                started = time.perf_counter()
                 with (out_dir / f"{bench}.log").open("a") as log_file:
 
                     def log(msg: str, log_file=log_file) -> None:
@@ -516,24 +561,8 @@ def main() -> None:
                         log_file.write(msg + "\n")
                         log_file.flush()
 
-                    results = run_bench(bench, mode, seed, only, log)
-                stored = out_dir / f"{bench}.seed{seed}.json"
-                if only and stored.is_file():  # merge: the rows run now replace those of an earlier invocation
-                    earlier = json.loads(stored.read_text())
-                    earlier["rows"].update({k: v for k, v in results["rows"].items() if v["runs"]})
-                    results = {**earlier, **{k: v for k, v in results.items() if k != "rows"}, "rows": earlier["rows"]}
-                results.update(
-                    {
-                        "command": " ".join(
-                            shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]]
-                        ),
-                        "bench_wall_s": time.perf_counter() - started,
-                        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        "versions": package_versions(),
-                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-                    }
-                )
-                stored.write_text(json.dumps(results, indent=1))
+                    save = partial(store, out_dir / f"{bench}.seed{seed}.json", bool(only))
+                    run_bench(bench, mode, seed, only, log, save)
     print(render(mode))
 
 

@@ -411,6 +411,7 @@ class Pipeline:
                 "onnx_bytes": (self.run / "student.onnx").stat().st_size,
                 "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None,
                 "kept_epoch": (self.run.read_record("distill") or {}).get("info", {}).get("kept_epoch"),
+                "keep": r.distill.keep,
                 "epochs": r.distill.epochs,
             },
             int8=int8_summary,

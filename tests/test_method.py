@@ -1,4 +1,5 @@
-"""The method's parts, each on its contract: refinement, student-in-the-loop sampling, mixing, adaptive class-drop."""
+"""The method's parts, each on its contract: refinement, student-in-the-loop sampling, mixing, adaptive class-drop,
+BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from edgedistill.inputs.builtin import load_builtin
 from edgedistill.inputs.images import convert_array, normalize, standardize
 from edgedistill.models.checkpoint import load_weights
 from edgedistill.models.factory import create_model
+from edgedistill.scale.compute import Compute
 from edgedistill.stages.augment import augment_batch, cutmix, mosaic
 from edgedistill.stages.class_drop import drop_classes
+from edgedistill.stages.distill import recalibrate_batchnorm
 from edgedistill.stages.refine import refine
 from edgedistill.stages.resample import disagreement, training_subset
 from tests.test_pipeline import TEACHER, tiny_recipe
@@ -172,3 +175,27 @@ def test_epoch_order_matches_torch_and_balancing_evens_out_classes():
     drawn = np.bincount(classes[list(order)], minlength=2)
     assert 35 <= drawn[1] <= 65  # about half from the class that has a tenth of the images
     assert balancing_weights(classes, 0.0) is None
+
+
+def test_batchnorm_statistics_are_recalibrated_to_the_trained_weights():
+    """A BatchNorm student whose running averages lag its weights (MobileNetV3's momentum is 0.01) answers nearly
+    one class in eval mode; recalibrated on training images, eval mode computes what training computed."""
+    import torchvision
+
+    torch.manual_seed(0)
+    student = torchvision.models.mobilenet_v3_small(num_classes=10, dropout=0.0)
+    spec = InputSpec(channels=3, size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    images = convert_array(load_builtin("fashion-mnist", count=256, seed=3).images, spec)
+    x = normalize(torch.from_numpy(images), spec)
+    with torch.no_grad():
+        trained = student.train()(x)  # batch statistics, as in a training step
+        for m in student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(1.0), m.running_var.fill_(10.0)  # averages far behind the weights
+        lagging = student.eval()(x)
+        recalibrate_batchnorm(student, images, np.arange(len(images)), spec, Compute(torch.device("cpu"), None, False, False), 256, 0)
+        recalibrated = student.eval()(x)
+    assert student.training is False
+    assert (lagging.argmax(1) == trained.argmax(1)).float().mean() < 0.5
+    assert (recalibrated.argmax(1) == trained.argmax(1)).float().mean() > 0.95
+    assert torch.corrcoef(torch.stack([recalibrated.flatten(), trained.flatten()]))[0, 1] > 0.99  # unbiased variance: not exact

@@ -139,11 +139,11 @@ def test_checkpoint_left_by_other_inputs_is_not_resumed(finished_run, tmp_path):
 
 
 def test_the_kept_epoch_is_chosen_without_reading_the_evaluation_set(tmp_path):
-    """Checkpoint choice reads teacher agreement on the selection's held-out images only: two runs that differ in
-    nothing but their labeled evaluation set keep the same epoch and byte-identical weights."""
+    """Checkpoint choice (`keep: best`) reads teacher agreement on the selection's held-out images only: two runs that
+    differ in nothing but their labeled evaluation set keep the same epoch and byte-identical weights."""
     students, kept = [], []
     for name, labeled in (("heldout", "builtin:mnist-heldout"), ("fashion", "builtin:fashion-mnist-test")):
-        recipe = load_recipe(tiny_recipe(tmp_path, epochs=4))
+        recipe = load_recipe(tiny_recipe(tmp_path, epochs=4), ["distill.keep=best"])
         recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"labeled": labeled, "limit": 300}), "targets": []})
         edgedistill.compress(recipe, run_dir=tmp_path / name, stages=("select", "distill"))
         history = json.loads((tmp_path / name / "history.json").read_text())

@@ -201,9 +201,9 @@ class DistillSpec(Strict):
     refine: RefineSpec | None = None
     resample: ResampleSpec | None = None
     keep: Literal["best", "last"] = Field(
-        "best",
-        description="which epoch's student to keep: best by teacher agreement on the selection's held-out images "
-        "(labels are never read), or the last",
+        "last",
+        description="which epoch's student to keep: the last (the one-cycle schedule ends at a low learning rate), or "
+        "the best by teacher agreement on the selection's held-out images; neither reads labels",
     )
 
 

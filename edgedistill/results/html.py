@@ -261,7 +261,7 @@ td.facts{font-size:11px;color:#555;max-width:420px}img{max-width:100%;display:bl
 
 
 def _kept(student: dict) -> str:
-    if not student.get("kept_epoch"):
+    if not student.get("kept_epoch") or student.get("keep") != "best":
         return ""
     return (
         f", the weights of epoch {student['kept_epoch']} of {student.get('epochs')}, chosen by teacher agreement on "

@@ -28,6 +28,26 @@ from .losses import LOSSES, LossInputs
 from .refine import refine
 from .resample import disagreement, training_subset
 
+BATCHNORM_SAMPLE = 1024  # training images whose statistics a BatchNorm student's running averages are reset to
+
+
+def recalibrate_batchnorm(
+    student: nn.Module, images: np.ndarray, active: np.ndarray, input_spec: InputSpec, compute: Compute, batch: int, seed: int
+) -> None:
+    """Reset a BatchNorm student's running statistics to those of a fixed sample of training images (torch's
+    `update_bn`, as SWA does). Training uses batch statistics, so it is unchanged; but with a small momentum
+    (MobileNetV3's 0.01) and weights that move every step, the running averages lag so far behind that the
+    eval-mode student can answer one class for every image while it trains well."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in student.modules()):
+        return
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(active, min(BATCHNORM_SAMPLE, len(active)), replace=False))
+    batches = (
+        compute.input(normalize(torch.from_numpy(np.asarray(images[sample[i : i + batch]])).to(compute.device), input_spec))
+        for i in range(0, len(sample), batch)
+    )
+    torch.optim.swa_utils.update_bn(batches, student)
+
 
 class Distiller(nn.Module):
     """Teacher pinned to eval and frozen; `forward` returns the loss parts and the student's logits."""
@@ -356,6 +376,8 @@ def distill(
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - tick
         trained += steps_per_epoch * spec.batch_size
+        if w.main:  # under DDP, rank 0's buffers reach the other ranks at the next forward
+            recalibrate_batchnorm(student, images, active, input_spec, compute, local_batch, seed)
         record = {
             "epoch": epoch + 1,
             **{k: v / steps_per_epoch for k, v in sums.items()},
