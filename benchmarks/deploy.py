@@ -75,22 +75,25 @@ def measure(
     from edgedistill.config.schema import TargetSpec
     from edgedistill.models.onnx_info import onnx_info
 
-    runners = {
-        m.name: create_runner(TargetSpec(name=m.name, runtime=m.runtime, threads=threads, precision=m.precision), m.path) for m in models
+    runners = {  # keyed by (name, runtime): each model runs on every runtime
+        (m.name, m.runtime): create_runner(TargetSpec(name=m.name, runtime=m.runtime, threads=threads, precision=m.precision), m.path)
+        for m in models
     }
     for m in models:
-        m.accuracy = _accuracy(runners[m.name], x, labels)
+        m.accuracy = _accuracy(runners[m.name, m.runtime], x, labels)
         m.size_bytes = onnx_info(m.path).size_bytes
-    single = {m.name: [] for m in models}
-    many = {m.name: [] for m in models}
+    single = {(m.name, m.runtime): [] for m in models}
+    many = {(m.name, m.runtime): [] for m in models}
     for _ in range(rounds):
         for m in models:
-            single[m.name].append(runners[m.name].time(1, warmup, iterations // rounds).samples_ms)
-            many[m.name].append(runners[m.name].time(batch, max(1, warmup // 10), max(10, iterations // 10 // rounds)).samples_ms)
+            single[m.name, m.runtime].append(runners[m.name, m.runtime].time(1, warmup, iterations // rounds).samples_ms)
+            many[m.name, m.runtime].append(
+                runners[m.name, m.runtime].time(batch, max(1, warmup // 10), max(10, iterations // 10 // rounds)).samples_ms
+            )
     for m in models:
-        m.batch1 = LatencyStats.from_samples(np.concatenate(single[m.name]), 1)
-        m.batched = LatencyStats.from_samples(np.concatenate(many[m.name]), batch)
-    return {m.runtime: runners[m.name].facts() for m in models}
+        m.batch1 = LatencyStats.from_samples(np.concatenate(single[m.name, m.runtime]), 1)
+        m.batched = LatencyStats.from_samples(np.concatenate(many[m.name, m.runtime]), batch)
+    return {m.runtime: runners[m.name, m.runtime].facts() for m in models}
 
 
 def _ratio(value: float, reference: float) -> str:

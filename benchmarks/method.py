@@ -383,6 +383,9 @@ def summarize(results: dict) -> list[list[str]]:
                 vs = f"; below the full method in {below} of {len(accs)} seeds"
             kept = np.mean([r["kept_epoch"] for r in runs])
             note = f"{runs[0]['train_size']} training images, kept epoch {kept:.0f} of {runs[0]['epochs']}{vs}"
+            patched = [r for r in runs if r.get("patched")]  # a stored run corrected afterwards says how
+            if patched and k != "agreement_choice":
+                note += f"; seeds {', '.join(str(r['seed']) for r in patched)}: {patched[0]['patched']}"
         loads = [r.get("load_before") for r in runs if r.get("load_before") is not None]
         rows.append(
             [
@@ -425,7 +428,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def wall_sum(results: dict) -> float:
-    return sum(run["wall_s"] or 0 for row in results["rows"].values() for run in row["runs"])
+    return sum(run["wall_s"] or 0 for k, row in results["rows"].items() if k != "agreement_choice" for run in row["runs"])
 
 
 def add_agreement_row(results: dict) -> None:

@@ -184,6 +184,17 @@ def test_runtime_selection_and_one_line_errors(models, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- openvino
 
 
+def test_deploy_benchmark_times_each_model_on_each_runtime(models):
+    """benchmarks.deploy names models alike on every runtime: each (model, runtime) pair gets its own runner."""
+    from benchmarks.deploy import Measured, measure
+
+    ev = models["eval"]
+    rows = [Measured("student FP32", models["fp32"], runtime=r) for r in ("onnxruntime", "openvino")]
+    facts = measure(rows, _normalized(ev.images), ev.labels, threads=1, iterations=10, warmup=1, batch=4, rounds=1)
+    assert {f["runtime"] for f in facts.values()} == {"onnxruntime", "openvino"} and "providers" in facts["onnxruntime"]
+    assert rows[0].accuracy == rows[1].accuracy and all(m.batch1 is not None for m in rows)
+
+
 def test_openvino_runs_fp32_exactly_and_int8_like_onnxruntime(models):
     x = _normalized(models["eval"].images)
     labels = models["eval"].labels
