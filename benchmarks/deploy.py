@@ -75,25 +75,21 @@ def measure(
     from edgedistill.config.schema import TargetSpec
     from edgedistill.models.onnx_info import onnx_info
 
-    runners = {  # keyed by (name, runtime): each model runs on every runtime
-        (m.name, m.runtime): create_runner(TargetSpec(name=m.name, runtime=m.runtime, threads=threads, precision=m.precision), m.path)
-        for m in models
-    }
-    for m in models:
-        m.accuracy = _accuracy(runners[m.name, m.runtime], x, labels)
+    # one runner per model row, in the rows' order: the same model name appears once per runtime
+    runners = [create_runner(TargetSpec(name=m.name, runtime=m.runtime, threads=threads, precision=m.precision), m.path) for m in models]
+    for m, runner in zip(models, runners):
+        m.accuracy = _accuracy(runner, x, labels)
         m.size_bytes = onnx_info(m.path).size_bytes
-    single = {(m.name, m.runtime): [] for m in models}
-    many = {(m.name, m.runtime): [] for m in models}
+    single: list[list] = [[] for _ in models]
+    many: list[list] = [[] for _ in models]
     for _ in range(rounds):
-        for m in models:
-            single[m.name, m.runtime].append(runners[m.name, m.runtime].time(1, warmup, iterations // rounds).samples_ms)
-            many[m.name, m.runtime].append(
-                runners[m.name, m.runtime].time(batch, max(1, warmup // 10), max(10, iterations // 10 // rounds)).samples_ms
-            )
-    for m in models:
-        m.batch1 = LatencyStats.from_samples(np.concatenate(single[m.name, m.runtime]), 1)
-        m.batched = LatencyStats.from_samples(np.concatenate(many[m.name, m.runtime]), batch)
-    return {m.runtime: runners[m.name, m.runtime].facts() for m in models}
+        for i, runner in enumerate(runners):
+            single[i].append(runner.time(1, warmup, iterations // rounds).samples_ms)
+            many[i].append(runner.time(batch, max(1, warmup // 10), max(10, iterations // 10 // rounds)).samples_ms)
+    for m, one, batched in zip(models, single, many):
+        m.batch1 = LatencyStats.from_samples(np.concatenate(one), 1)
+        m.batched = LatencyStats.from_samples(np.concatenate(batched), batch)
+    return {m.runtime: runner.facts() for m, runner in zip(models, runners)}
 
 
 def _ratio(value: float, reference: float) -> str:
