@@ -185,6 +185,7 @@ def merge(base: dict, edits: dict) -> dict:
 def make_recipe(bench: str, seed: int, epochs: int | None, edits: dict | None = None) -> Recipe:
     data = merge(yaml.safe_load((RECIPES / "demo.yaml").read_text()), BENCHES[bench]["changes"])
     data.update(seed=seed, targets=[])
+    data["distill"].pop("epochs", None)  # the library's default, not the demo's longer run
     if epochs:
         data.setdefault("distill", {})["epochs"] = epochs
     return recipe_from_dict(merge(data, edits or {}), base_dir=RECIPES, source=f"benchmarks.method:{bench}")

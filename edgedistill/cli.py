@@ -7,17 +7,75 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args, get_origin
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .backends import RUNTIMES
+from .backends.base import DEFAULT_ROUNDS
 from .errors import BadInput, EdgeDistillError
 from .version import __version__
 
-app = typer.Typer(
+
+class _PlainArgument(TyperArgument):
+    """Help names an argument by its metavar (RECIPE), without typer's Python type (<path>) or {braces}."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        return name if self.required or name.startswith("[") else f"[{name}]"
+
+
+class _PlainOption(TyperOption):
+    """Help shows an option's metavar, or its kind of value (TEXT, PATH, INTEGER), never <bool> or <list[str]>."""
+
+    KINDS = {str: "TEXT", Path: "PATH", int: "INTEGER", float: "NUMBER"}
+
+    def display_type_rich(self, ctx) -> str | None:
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag:
+            return None
+        annotation = self.type_descriptor.annotation
+        if get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
+        return self.KINDS.get(annotation, "VALUE")
+
+
+def _plain_help(params: list) -> list:
+    for param in params:
+        if type(param) is TyperArgument:
+            param.__class__ = _PlainArgument
+        elif type(param) is TyperOption:
+            param.__class__ = _PlainOption
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx) -> list:
+        return _plain_help(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _plain_help(super().get_params(ctx))
+
+
+class _App(typer.Typer):
+    """Every command's help in plain words (_Command)."""
+
+    def command(self, *args, cls: type[TyperCommand] = _Command, **kwargs):
+        return super().command(*args, cls=cls, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -26,9 +84,15 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-RecipeArg = typer.Argument(..., help="recipe YAML file", show_default=False)
-RunDirOpt = typer.Option(None, "--run-dir", help="where artifacts go (default: runs/<recipe name>)")
-SetOpt = typer.Option(None, "--set", help="override a recipe value: section.key=value (repeatable)")
+RecipeArg = typer.Argument(..., metavar="RECIPE", help="recipe YAML file", show_default=False)
+RunDirOpt = typer.Option(None, "--run-dir", metavar="DIR", help="where artifacts go (default: runs/NAME, with the recipe's name)")
+SetOpt = typer.Option(
+    None,
+    "--set",
+    metavar="KEY=VALUE",
+    help="override a recipe value for this run, e.g. distill.epochs=5 or targets.0.budget.p99_ms=2 (repeatable)",
+)
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress output; errors and the final verdict still print")
 
 
 def _version(value: bool) -> None:
@@ -47,47 +111,76 @@ def _fmt(value: float | None, pattern: str) -> str:
 
 
 def _verdict_cell(target: dict) -> str:
-    if target["error"]:
-        return "[red]unavailable"
-    total = len(target["verdicts"])
-    failed = sum(not v["passed"] for v in target["verdicts"])
-    if failed:
-        return f"[red]FAIL {failed}/{total}"
-    return f"[green]pass {total}/{total}" if total else "-"
+    """unavailable, FAIL k/n, inconclusive k/n (exit 5), pass n/n, or - without budgets."""
+    from .results.report import target_verdict, verdict_of
+
+    state, verdicts = target_verdict(target), target.get("verdicts") or []
+    count = sum(verdict_of(v) == state for v in verdicts)
+    return {
+        "unavailable": "[red]unavailable",
+        "fail": f"[red]FAIL {count}/{len(verdicts)}",
+        "inconclusive": f"[yellow]inconclusive {count}/{len(verdicts)}",
+        "pass": f"[green]pass {count}/{len(verdicts)}",
+    }.get(state, "-")
+
+
+def _print_gate_lines(report: dict) -> None:
+    """Every budget not passed, with its figures; what the noisy flag means where it is set; the gate's verdict."""
+    from .results.report import exit_code, gate_headline, verdict_message, verdict_of
+
+    for t in report["targets"]:
+        latency = t.get("latency") or {}
+        if latency.get("noisy"):
+            out.print(
+                f"[yellow]~ {t['name']}: noisy: the rounds' median latency differed by {latency['round_spread']:.0%} (over 10%): "
+                "the machine's speed changed while it was measured",
+                highlight=False,
+            )
+        for v in t["verdicts"]:
+            state = verdict_of(v)
+            if state != "pass":
+                out.print(f"[{'red' if state == 'fail' else 'yellow'}]{t['name']}: {verdict_message(v)}", highlight=False)
+    out.print(f"gate: {gate_headline(report)} (exit {exit_code(report)})", highlight=False)
 
 
 def print_report(report: dict) -> None:
-    from .results.report import throughput_rows
+    from .results.report import deployment_rows, device_label, recommendation_lines, throughput_rows
 
     teacher, student = report["teacher"], report["student"]
-    table = Table(
-        title=f"{report['name']}: teacher {teacher['arch']}, student {student['arch']}, "
-        f"evaluated on {report['eval']['name']} ({report['eval']['samples']} images)",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
+    out.print(
+        f"[bold]{report['name']}[/]: teacher {teacher['arch']}, student {student['arch']}, evaluated on "
+        f"{report['eval']['name']} ({report['eval']['samples']} images). img/s: at the largest batch; speed: p50 latency "
+        "against the teacher's on the same target; the gated model in bold",
+        highlight=False,
     )
-    for col in ("model", "target", "acc", "agree", "params", "size", "p50 ms", "p99 ms", "gate"):
-        table.add_column(col, justify="left" if col in ("model", "target", "gate") else "right", no_wrap=True)
-    table.add_row("teacher", "pytorch", _fmt(teacher["accuracy"], "{:.2%}"), "-", f"{teacher['parameters']:,}", "-", "-", "-", "")
+    rows = deployment_rows(report)
     for t in report["targets"]:
-        lat = t["latency"] or {}
-        int8 = t.get("precision") == "int8"
-        onnx_bytes = student.get("int8_onnx_bytes") if int8 and student.get("int8_onnx_bytes") else student["onnx_bytes"]
-        table.add_row(
-            "student" + (" int8" if int8 else ""),
-            t["name"],
-            _fmt(t["accuracy"], "{:.2%}"),
-            _fmt(t["agreement"], "{:.2%}"),
-            f"{student['parameters']:,}",
-            f"{onnx_bytes / 1024:.0f}K",
-            _fmt(lat.get("p50_ms"), "{:.3f}"),
-            _fmt(lat.get("p99_ms"), "{:.3f}") + ("[yellow]~" if lat.get("noisy") else ""),
-            _verdict_cell(t),
+        table = Table(
+            title=f"{t['name']}: {t['runtime']} on {device_label(t)}; gate {_verdict_cell(t)}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
         )
-    out.print(table)
-    if any((t["latency"] or {}).get("noisy") for t in report["targets"]):
-        out.print("[yellow]~[/] noisy: latency varied by more than 10% between runs (cv in report.json)")
+        for col in ("model", "acc", "agree", "p50 ms", "p99 ms", "img/s", "KiB", "speed"):
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        for row in (r for r in rows if r["target"] == t["name"]):
+            name = row["model"] if row["precision"] == "fp32" else f"{row['model']} {row['precision']}"
+            table.add_row(
+                f"[bold]{name}[/]" if row["gated"] else name + (" [yellow](not measured)" if row["error"] else ""),
+                _fmt(row["accuracy"], "{:.2%}"),
+                _fmt(row["agreement"], "{:.2%}"),
+                _fmt(row["p50_ms"], "{:.3g}"),
+                _fmt(row["p99_ms"], "{:.3g}"),
+                _fmt(row["throughput_per_s"], "{:,.0f}"),
+                _fmt(row["bytes"] and row["bytes"] / 1024, "{:,.0f}"),
+                _fmt(row["speedup"], "{:.1f}x"),
+            )
+        out.print(table)
+    for line in recommendation_lines(report):
+        out.print(f"recommended: {line}", highlight=False)
+    for warning in report.get("warnings") or []:
+        out.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     rates = throughput_rows(report)
     if rates:
         out.print(
@@ -102,19 +195,17 @@ def print_report(report: dict) -> None:
             f"{student.get('int8_onnx_bytes', 0) / 1024:.0f} KiB",
             highlight=False,
         )
-    for t in report["targets"]:
-        for v in t["verdicts"]:
-            if not v["passed"]:
-                out.print(f"[red]{t['name']}: {v['budget']} measured {v['measured']:.4g}, limit {v['limit']:.4g} ({v['basis']})")
+    _print_gate_lines(report)
 
 
-def _run(fn: Callable[[], dict | None]) -> None:
-    """One line and a documented exit code for every expected failure; no traceback."""
+def _run(fn: Callable[[], dict | None], quiet: bool = False) -> None:
+    """One line and a documented exit code for every expected failure; no traceback. `quiet`: the verdict in one
+    line instead of the report's tables."""
     try:
         report = fn()
     except EdgeDistillError as exc:
         report = getattr(exc, "report", None)
-        if report:
+        if report and not quiet:
             print_report(report)
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         if report and _under_torchrun():
@@ -130,8 +221,28 @@ def _run(fn: Callable[[], dict | None]) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished stages are kept; run the same command again to resume")
         raise typer.Exit(130) from None
-    if report:
+    if report and quiet:
+        from .results.report import gate_headline
+
+        out.print(f"gate: {gate_headline(report)}", highlight=False)
+    elif report:
         print_report(report)
+
+
+def _pipeline_console(quiet: bool) -> Console:
+    return Console(stderr=True, quiet=True) if quiet else console
+
+
+def _check_names(recipe, source: str, overrides: list[str]) -> None:
+    """The recipe's extension names (strategy, losses, runtimes), checked now so that a misspelt --set value is
+    blamed on that option rather than on the file."""
+    from .config.load import blame_overrides
+    from .extensions import check_recipe
+
+    try:
+        check_recipe(recipe, source)
+    except BadInput as exc:
+        raise BadInput(blame_overrides(str(exc), source, overrides)) from None
 
 
 def _under_torchrun() -> bool:
@@ -144,11 +255,17 @@ def _stage_command(stages: tuple[str, ...]) -> Callable:
         run_dir: Path | None = RunDirOpt,
         fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
         set_: list[str] | None = SetOpt,
+        quiet: bool = QuietOpt,
     ) -> None:
         from .config.load import load_recipe
         from .pipeline import compress
 
-        _run(lambda: compress(load_recipe(recipe, set_ or []), run_dir, fresh=fresh, stages=stages, console=console))
+        def work() -> dict:
+            loaded = load_recipe(recipe, set_ or [])
+            _check_names(loaded, str(recipe), set_ or [])
+            return compress(loaded, run_dir, fresh=fresh, stages=stages, console=_pipeline_console(quiet))
+
+        _run(work, quiet)
 
     return command
 
@@ -176,8 +293,17 @@ def validate_command(
     set_: list[str] | None = SetOpt,
     target: list[str] | None = typer.Option(None, "--target", help="validate only this target (repeatable)"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
+    save: bool = typer.Option(
+        False, "--save", help="keep the --set overrides in the run's recorded recipe (default: they apply to this invocation only)"
+    ),
+    quiet: bool = QuietOpt,
     runtime: str | None = typer.Option(None, "--runtime", help=f"{', '.join(RUNTIMES)} (default: onnxruntime)", rich_help_panel=ModelOpt),
-    budget: list[str] | None = typer.Option(None, "--budget", help="p99_ms=2 or min_accuracy=0.9 (repeatable)", rich_help_panel=ModelOpt),
+    budget: list[str] | None = typer.Option(
+        None,
+        "--budget",
+        help="p50_ms, p90_ms, p99_ms, mean_ms, min_accuracy or max_unreadable, e.g. p99_ms=2 (repeatable)",
+        rich_help_panel=ModelOpt,
+    ),
     labeled: Path | None = typer.Option(None, "--labeled", help="folder with one subfolder of images per class", rich_help_panel=ModelOpt),
     mean: str | None = typer.Option(
         None,
@@ -190,12 +316,18 @@ def validate_command(
         None, "--out", help="where report.json goes (default: runs/validate-<model name>)", rich_help_panel=ModelOpt
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=0, help="onnxruntime intra-op threads (0: its default)", rich_help_panel=ModelOpt
+        None,
+        "--threads",
+        min=0,
+        help="intra-op threads of onnxruntime CPU and openvino (default 1; 0: all cores)",
+        rich_help_panel=ModelOpt,
     ),
     iterations: int | None = typer.Option(
-        None, "--iterations", min=1, help="timed calls at batch 1 (default 200)", rich_help_panel=ModelOpt
+        None, "--iterations", min=1, help="timed calls at batch 1, all rounds together (default 200)", rich_help_panel=ModelOpt
     ),
-    warmup: int | None = typer.Option(None, "--warmup", min=0, help="untimed calls first (default 20)", rich_help_panel=ModelOpt),
+    warmup: int | None = typer.Option(
+        None, "--warmup", min=0, help="untimed calls before each round (default 10)", rich_help_panel=ModelOpt
+    ),
     precision: str | None = typer.Option(
         None, "--precision", help="tensorrt/trtexec engine: fp32, fp16 or int8 (a Q/DQ model builds as int8)", rich_help_panel=ModelOpt
     ),
@@ -209,16 +341,26 @@ def validate_command(
     duration: float | None = typer.Option(
         None, "--duration", min=0.01, help="time batch 1 for this many seconds instead of --iterations calls", rich_help_panel=ModelOpt
     ),
+    rounds: int | None = typer.Option(
+        None,
+        "--rounds",
+        min=1,
+        max=100,
+        help="split the timed calls into this many rounds; latency budgets are judged on their median and interval "
+        "(default 5; for a recipe, overrides every validated target's rounds)",
+    ),
 ) -> None:
     """Measure accuracy and latency on each target and check the budgets.
 
-    Re-gates an existing run without redoing select, distill or export: `validate --run-dir DIR` reuses the recipe
-    the run recorded; add --set targets.0.budget.p99_ms=2 or --target NAME to change what is checked.
+    Re-gates an existing run without redoing select, distill or export: `validate --run-dir DIR` reuses the recipe the run recorded.
+
+    --set targets.0.budget.p99_ms=2 or --target NAME change what is checked, for this invocation only (--save keeps --set).
 
     Gates any ONNX classifier too:
     `validate MODEL.onnx --runtime onnxruntime --budget p99_ms=2 --budget min_accuracy=0.9 --labeled FOLDER`.
 
-    Exit codes: 0 all budgets met, 2 bad input, 3 a budget failed, 4 a target unavailable.
+    Exit codes: 0 all budgets met (or nothing gated), 2 bad input, 3 a budget failed, 4 a target unavailable,
+    5 a latency budget inconclusive (retry with more --rounds on a quieter machine).
     """
     model_options = {
         "--runtime": runtime,
@@ -238,7 +380,9 @@ def validate_command(
     }
     if recipe is not None and recipe.suffix.lower() == ".onnx":
         recipe_options = [
-            name for name, value in (("--run-dir", run_dir), ("--set", set_), ("--target", target), ("--fresh", fresh)) if value
+            name
+            for name, value in (("--run-dir", run_dir), ("--set", set_), ("--target", target), ("--fresh", fresh), ("--save", save))
+            if value
         ]
         if recipe_options:
             _fail(f"{', '.join(recipe_options)} apply to a recipe; {recipe} is validated with --runtime, --budget and --labeled")
@@ -250,14 +394,16 @@ def validate_command(
             mean,
             std,
             out_dir,
-            threads or 0,
-            20 if warmup is None else warmup,
+            1 if threads is None else threads,
+            10 if warmup is None else warmup,
             iterations or 200,
             precision or "fp32",
             provider,
             trtexec,
             limit,
             duration,
+            rounds or DEFAULT_ROUNDS,
+            quiet=quiet,
         )
         return
     given = [name for name, value in model_options.items() if value]
@@ -266,11 +412,16 @@ def validate_command(
     from .config.load import recipe_for_regate
     from .pipeline import compress
 
-    _run(
-        lambda: compress(
-            recipe_for_regate(run_dir, recipe, set_ or [], target or []), run_dir, fresh=fresh, stages=("validate",), console=console
+    def regate() -> dict | None:
+        chosen = recipe_for_regate(run_dir, recipe, set_ or [], target or [])
+        if rounds is not None:
+            chosen = chosen.model_copy(update={"targets": [t.model_copy(update={"rounds": rounds}) for t in chosen.targets]})
+        _check_names(chosen, str(recipe) if recipe is not None else f"the recipe recorded in {run_dir / 'run.json'}", set_ or [])
+        return compress(
+            chosen, run_dir, fresh=fresh, stages=("validate",), console=_pipeline_console(quiet), record_recipe=save or not (set_ or rounds)
         )
-    )
+
+    _run(regate, quiet)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -291,12 +442,16 @@ def _budget(items: list[str]):
     from pydantic import ValidationError
 
     from .config.schema import Budget
+    from .errors import did_you_mean
 
     values = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or key not in Budget.model_fields:
-            raise BadInput(f"--budget {item!r}: expected NAME=VALUE with NAME one of {', '.join(Budget.model_fields)}")
+            raise BadInput(
+                f"--budget {item!r}: expected NAME=VALUE with NAME one of {', '.join(Budget.model_fields)}"
+                + (did_you_mean(key, list(Budget.model_fields)) if sep else "")
+            )
         try:
             values[key] = float(raw)
         except ValueError:
@@ -324,8 +479,10 @@ def _validate_model(
     trtexec: str | None,
     limit: int | None,
     duration: float | None,
+    rounds: int,
+    quiet: bool = False,
 ) -> None:
-    from .results.report import exit_code, verdict_message
+    from .results.report import exit_code, gate_error
     from .stages.validate import validate_model_file
 
     try:
@@ -348,24 +505,24 @@ def _validate_model(
             trtexec,
             limit,
             duration,
+            rounds=rounds,
         )
     except EdgeDistillError as exc:
         _fail(str(exc), exc.exit_code)
-    result = report["targets"][0]
-    print_model_report(report)
-    for v in result["verdicts"]:
-        if not v["passed"]:
-            out.print(f"[red]{verdict_message(v)}", highlight=False)
-    if result["error"]:
-        console.print(f"[bold red]error:[/] {result['error']}", highlight=False, soft_wrap=True)
+    if not quiet:
+        print_model_report(report)
+    _print_gate_lines(report)
+    error = gate_error(report)
+    if error is not None:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     out.print(f"report: {out_dir / 'report.json'}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(report))
 
 
 def _latency_cells(latency: dict | None) -> list[str]:
     lat = latency or {}
-    noisy = " [yellow]noisy" if lat.get("noisy") else ""
-    return [_fmt(lat.get("p50_ms"), "{:.3f}"), _fmt(lat.get("p99_ms"), "{:.3f}"), _fmt(lat.get("cv"), "{:.2f}") + noisy]
+    noisy = "[yellow]~" if lat.get("noisy") else ""  # explained under the table (_print_gate_lines)
+    return [_fmt(lat.get("p50_ms"), "{:.3f}") + noisy, _fmt(lat.get("p99_ms"), "{:.3f}") + noisy, _fmt(lat.get("cv"), "{:.2f}")]
 
 
 def print_model_report(report: dict) -> None:
@@ -404,25 +561,17 @@ def quantize_command(
 
     Input size and channels come from the model's input; mean/std from edgedistill's metadata or --mean/--std.
     """
-    from .inputs.images import sample_folder
-    from .stages.quantize import quantize_int8
-    from .stages.validate import model_input_spec
+    from . import quantize
 
     def work() -> None:
-        spec, _ = model_input_spec(model, _floats("--mean", mean), _floats("--std", std))
-        target = out_path or model.with_name(model.name.removesuffix(".onnx") + (".int8.trt.onnx" if for_tensorrt else ".int8.onnx"))
-        if not calib.is_dir():
-            raise BadInput(f"--calib {calib}: not a directory of calibration images")
-        images, skipped = sample_folder(calib, spec, samples, seed)
-        if not len(images):
-            raise BadInput(f"--calib {calib}: no readable images ({len(skipped)} unreadable)")
-        result = quantize_int8(
-            model, target, images, spec.mean, spec.std, method=method, max_samples=samples, seed=seed, for_tensorrt=for_tensorrt
-        )
+        settings = {"method": method, "samples": samples, "seed": seed, "for_tensorrt": for_tensorrt}
+        settings |= {"mean": _floats("--mean", mean), "std": _floats("--std", std)}
+        result = quantize(model, calib, out_path, settings)
+        skipped = result["unreadable"]
         note = f", {len(skipped)} unreadable files skipped" if skipped else ""
         out.print(
-            f"{result.path}: INT8 ({method}, {result.calibration_samples} calibration images{note}), "
-            f"{result.size_bytes / 1024:.0f} KiB from {result.fp32_size_bytes / 1024:.0f} KiB",
+            f"{result['path']}: INT8 ({method}, {result['calibration_samples']} calibration images{note}), "
+            f"{result['size_bytes'] / 1024:.0f} KiB from {result['fp32_size_bytes'] / 1024:.0f} KiB",
             highlight=False,
             soft_wrap=True,
         )
@@ -443,7 +592,9 @@ def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the
 
 
 @app.command("report")
-def report_command(run_dir: Path = typer.Argument(..., help="run directory with a report.json", show_default=False)) -> None:
+def report_command(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory with a report.json", show_default=False),
+) -> None:
     """Rebuild RUN_DIR/report.html (and junit.xml, summary.md) from the run's files."""
     from .results.gate import GATE_FILES, write_gate_files
     from .results.html import write_report_html
@@ -466,7 +617,9 @@ def report_command(run_dir: Path = typer.Argument(..., help="run directory with 
 
 
 @app.command("gate")
-def gate_command(run_dir: Path = typer.Argument(..., help="run directory of a finished run", show_default=False)) -> None:
+def gate_command(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory of a finished run", show_default=False),
+) -> None:
     """Exit with the verdict of a finished run, as compress would have: 0 all budgets met, 3 a budget failed, 4 a target
     unavailable (2 when there is no report). The CI gate step after `torchrun ... compress`, which always exits 0."""
     from .results.report import exit_code

@@ -20,6 +20,19 @@ from .backends.onnxruntime import PROVIDER_ALIASES
 PROBE_TIMEOUT_S = 15
 GPU_PACKAGES = ("cuda-python", "pycuda", "onnxruntime-gpu", "tensorrt")
 
+# What provides each capability when it is missing: the line doctor prints next to a "no".
+INSTALL = {
+    "runtime onnxruntime": "pip install onnxruntime",
+    "runtime openvino": "pip install openvino",
+    "runtime tensorrt": "pip install tensorrt and an NVIDIA driver, or JetPack on a Jetson",
+    "runtime trtexec": "TensorRT's tar or deb packages (bin/trtexec), or JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)",
+    "provider cuda": "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver",
+    "provider tensorrt": "pip install onnxruntime-gpu and tensorrt, and an NVIDIA driver",
+    "torch.cuda": "an NVIDIA GPU with its driver, and a CUDA build of torch (pytorch.org lists them)",
+    "nvidia-smi": "the NVIDIA driver",
+    "GPU python packages": "pip install onnxruntime-gpu or tensorrt, for GPU targets",
+}
+
 
 def _version(package: str) -> str | None:
     try:
@@ -78,9 +91,13 @@ def _nvidia_smi() -> dict:
     return {"found": True, "path": smi, "gpus": gpus}
 
 
+def _with_install(name: str, probe: dict) -> dict:
+    return probe if probe.get("usable") else {**probe, "install": INSTALL.get(f"runtime {name}", "")}
+
+
 def collect_facts() -> dict:
     return {
-        "runtimes": {name: _probe(runtime.probe) for name, runtime in RUNTIMES.items()},
+        "runtimes": {name: _with_install(name, _probe(runtime.probe)) for name, runtime in RUNTIMES.items()},
         "torch_cuda": _torch_cuda(),
         "nvidia_smi": _nvidia_smi(),
         "gpu_packages": {name: _version(name) for name in GPU_PACKAGES},
@@ -95,33 +112,37 @@ def _yes(ok: bool) -> str:
 def facts_table(facts: dict) -> Table:
     """One row per capability: whether edgedistill can use it, and the detail that explains why or why not."""
     table = Table(title="edgedistill doctor")
-    for col in ("component", "usable", "detail"):
+    for col in ("component", "usable", "detail", "to get it"):
         table.add_column(col)
+
+    def row(component: str, ok: bool, detail: str) -> None:
+        table.add_row(component, _yes(ok), detail, "" if ok else INSTALL.get(component.strip(), ""))
+
     for name, probe in facts["runtimes"].items():
-        table.add_row(f"runtime {name}", _yes(probe.get("usable", False)), probe.get("detail", ""))
+        row(f"runtime {name}", probe.get("usable", False), probe.get("detail", ""))
         for alias, ok in (probe.get("provider_aliases") or {}).items():
-            table.add_row(f"  provider {alias}", _yes(ok), PROVIDER_ALIASES[alias] + ("" if ok else "; from onnxruntime-gpu"))
+            row(f"  provider {alias}", ok, PROVIDER_ALIASES[alias])
     cuda = facts["torch_cuda"]
     devices = cuda.get("devices") or []
-    table.add_row(
+    row(
         "torch.cuda",
-        _yes(cuda.get("available", False)),
+        cuda.get("available", False),
         ", ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)" for d in devices)
         or f"torch {cuda.get('torch')} built with CUDA {cuda.get('built_with_cuda') or 'none'}; {cuda.get('error', 'no device')}",
     )
     smi = facts["nvidia_smi"]
-    table.add_row(
+    row(
         "nvidia-smi",
-        _yes(bool(smi.get("gpus"))),
+        bool(smi.get("gpus")),
         ", ".join(f"{g.get('name')} (driver {g.get('driver')}, {g.get('memory')})" for g in smi.get("gpus", []))
         or ("not found" if not smi["found"] else str(smi.get("error", "no GPU listed"))),
     )
     packages = ", ".join(f"{k} {v}" for k, v in facts["gpu_packages"].items() if v) or "none"
-    table.add_row("GPU python packages", _yes(any(facts["gpu_packages"].values())), packages)
+    row("GPU python packages", any(facts["gpu_packages"].values()), packages)
     cpu = facts["cpu"]
-    table.add_row(
+    row(
         "CPU",
-        "[green]yes",
+        True,
         f"{cpu.get('cpu_model') or cpu['processor']}, {cpu['usable_cpus']} of {cpu['cpus']} cores usable, "
         f"governor {cpu.get('cpu_governor') or 'unknown'}, OMP_NUM_THREADS={cpu.get('omp_num_threads') or 'unset'}",
     )

@@ -25,6 +25,12 @@ class TargetUnavailable(EdgeDistillError):
     exit_code = 4
 
 
+class BudgetInconclusive(EdgeDistillError):
+    """A latency budget's interval across rounds straddles its limit: the machine was too noisy to tell pass from fail."""
+
+    exit_code = 5
+
+
 def did_you_mean(name: str, candidates: list[str]) -> str:
     """`; did you mean 'x'?` for the closest candidates, or nothing: the tail of a BadInput message."""
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ from .inputs.labeled import EvalSet, load_labeled
 from .inputs.pool import build_pool, default_workers
 from .models.checkpoint import fit_state_dict
 from .models.factory import build_student_model, count_parameters
+from .models.features import describe_feature_layer
 from .models.teachers import load_teacher_model
 from .results.gate import GATE_FILES, write_gate_files
 from .results.html import write_report_html
@@ -37,8 +41,10 @@ from .results.selection import Selection, load_selection, save_selection
 from .scale.compute import resolve_compute
 from .scale.distributed import barrier, broadcast_object, close_world, init_world, world
 from .scale.throughput import bare_forward_rate, bare_step_rate
+from .stages.deployment import measure_target, models_to_time, recommend, student_warnings
 from .stages.distill import distill
 from .stages.export import check_parity, export_onnx, parity_dict
+from .stages.fp16 import convert_fp16
 from .stages.quantize import quantize_int8
 from .stages.select import holdout_last, select_pool, split_selection
 from .stages.validate import measure_int8, predict_torch, validate_target
@@ -61,7 +67,9 @@ def build_student(recipe: Recipe) -> nn.Module:
     return build_student_model(s.arch, t.num_classes, t.input, s.feature_layer, recipe.base_dir)
 
 
-def save_student(student: nn.Module, recipe: Recipe, run: RunDir) -> None:
+def save_student(student: nn.Module, recipe: Recipe, run: RunDir, feature_layers: dict[str, str] | None = None) -> None:
+    """student.safetensors and student.json: what rebuilding and reporting the student needs, including the layers the
+    feature loss matched (`feature_layers`: teacher's and student's, as describe_feature_layer names them)."""
     with atomic_path(run.artifact("student.safetensors")) as tmp:
         save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
     atomic_write_json(
@@ -72,6 +80,7 @@ def save_student(student: nn.Module, recipe: Recipe, run: RunDir) -> None:
             "class_names": recipe.teacher.class_names,
             "input": recipe.teacher.input.model_dump(),
             "teacher": recipe.teacher.arch,
+            "feature_layers": feature_layers,
             "edgedistill_version": __version__,
         },
     )
@@ -84,7 +93,78 @@ def load_student(recipe: Recipe, run: RunDir) -> nn.Module:
     return student.eval()
 
 
-def _progress(console: Console) -> Progress:
+class LineProgress:
+    """Progress as plain lines on stdout, for CI logs: a bar drawn off a terminal shows nothing until its stage
+    ends, and CI systems kill a job that stays silent for 10 minutes. A task prints a line when its info changes (a
+    distillation epoch ends), at every tenth of its total (a chunk of the pool scored) and at least once a minute.
+
+    `stream` None prints nothing (--quiet, and ranks other than 0). Same calls as rich's Progress, as stages use them."""
+
+    STEPS = 10
+    HEARTBEAT_S = 60.0
+
+    def __init__(self, stream: TextIO | None):
+        self.stream = stream
+        self.tasks: list[dict] = []
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def add_task(self, description: str, total: float | None = None, info: str = "", **_fields: object) -> int:
+        now = time.perf_counter()
+        self.tasks.append(
+            {"description": description, "total": total, "completed": 0, "info": info, "started": now, "shown": now, "step": 0}
+        )
+        return len(self.tasks) - 1
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(
+        self,
+        task_id: int,
+        completed: float | None = None,
+        advance: float = 0,
+        info: str | None = None,
+        description: str | None = None,
+        **_fields: object,
+    ) -> None:
+        task = self.tasks[task_id]
+        if description is not None:
+            task["description"] = description
+        if completed is not None:
+            task["completed"] = completed
+        task["completed"] += advance
+        total = task["total"]
+        step = int(self.STEPS * task["completed"] / total) if total else 0
+        new_info = info is not None and info != task["info"]
+        if new_info:
+            task["info"] = info
+        if new_info or step > task["step"] or time.perf_counter() - task["shown"] >= self.HEARTBEAT_S:
+            task["step"] = max(step, task["step"])
+            self._print(task)
+
+    def _print(self, task: dict) -> None:
+        now = time.perf_counter()
+        task["shown"] = now
+        if self.stream is None:
+            return
+        done, total = task["completed"], task["total"]
+        count = f"{done:.0f}/{total:.0f} ({done / total:.0%})" if total else f"{done:.0f}"
+        info = f"; {task['info']}" if task["info"] else ""
+        self.stream.write(f"{task['description']}: {count} after {now - task['started']:.0f} s{info}\n")
+        self.stream.flush()
+
+
+def _progress(console: Console) -> Progress | LineProgress:
+    """Bars on a terminal; plain lines on stdout when output goes to a CI log or a file; nothing when quiet."""
+    if console.quiet:
+        return LineProgress(None)
+    if not console.is_terminal and not console.is_jupyter:
+        return LineProgress(sys.stdout)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(bar_width=16),
@@ -93,7 +173,6 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=False,
-        disable=not console.is_terminal and not console.is_jupyter and console.quiet,
     )
 
 
@@ -135,6 +214,7 @@ class Pipeline:
         recipe_part = r.section(*sections[0])
         if stage == "export":
             recipe_part["tensorrt_int8"] = self._needs_tensorrt_int8()
+            recipe_part["fp16_file"] = self._needs_fp16_file()
         if stage in RANKED_STAGES:
             recipe_part["precision"] = str(self.compute.dtype)  # scores and training change with it; the rest of `compute` does not
         return self.run.stage_inputs(stage, recipe_part, sections[1])
@@ -144,11 +224,40 @@ class Pipeline:
             t.precision == "int8" and RUNTIMES[t.runtime].int8_flavour == "tensorrt" for t in self.recipe.targets
         )
 
-    def target_model(self, target) -> Path:
-        """student.onnx, or the INT8 copy an int8 target runs: the CPU one (U8S8), or the symmetric one TensorRT parses."""
-        if target.precision != "int8":
-            return self.run / "student.onnx"
-        return self.run / INT8_MODELS[RUNTIMES[target.runtime].int8_flavour]
+    def _needs_fp16_file(self) -> bool:
+        return self.recipe.export.fp16 and any(
+            RUNTIMES[t.runtime].fp16_from == "file" and (t.precision == "fp16" or "fp16" in t.also_time) for t in self.recipe.targets
+        )
+
+    def target_model(self, target, precision: str | None = None) -> Path:
+        """The student file a target runs at a precision (its own by default): student.onnx (fp32, or fp16 for the
+        runtimes that build fp16 engines from it), student.fp16.onnx for the others, or the INT8 copy of the
+        runtime's flavour: the CPU one (U8S8), or the symmetric one TensorRT parses."""
+        precision = precision or target.precision
+        if precision == "int8":
+            return self.run / INT8_MODELS[RUNTIMES[target.runtime].int8_flavour]
+        if precision == "fp16" and RUNTIMES[target.runtime].fp16_from == "file":
+            return self.run / "student.fp16.onnx"
+        return self.run / "student.onnx"
+
+    def teacher_runtime(self) -> str:
+        """What runs the teacher when it scores the pool and the evaluation set."""
+        return {"onnx": "onnxruntime", "torchscript": "pytorch (TorchScript)"}.get(self.recipe.teacher.arch, "pytorch")
+
+    def engine_plan(self, target, precision: str) -> Path | None:
+        """Where the engine plan a TensorRT runtime builds for this target goes, to deploy without a rebuild."""
+        if RUNTIMES[target.runtime].int8_flavour != "tensorrt":
+            return None
+        return self.run.artifact(f"engine-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.name)}-{precision}.plan")
+
+    def teacher_model(self) -> Path | None:
+        """The teacher's ONNX file for the deployment table: the recipe's own file for an ONNX teacher, else the
+        export stage's teacher.onnx (absent when export.teacher is off or the teacher could not be exported)."""
+        t = self.recipe.teacher
+        if t.arch == "onnx" and t.weights is not None:
+            return self.recipe.resolve(t.weights)
+        path = self.run / "teacher.onnx"
+        return path if path.is_file() else None
 
     def stage_select(self, progress: Progress) -> None:
         r, w = self.recipe, self.world
@@ -258,9 +367,12 @@ class Pipeline:
 
         started = time.perf_counter()
         torch.manual_seed(r.seed)  # the student's initial weights must not depend on what ran before in this process
+        student = build_student(r)
+        feature_layers = {"teacher": describe_feature_layer(self.teacher), "student": describe_feature_layer(student)}
+        log.info("distill: feature loss matches teacher %s with student %s", feature_layers["teacher"], feature_layers["student"])
         result = distill(
             self.teacher,
-            build_student(r),
+            student,
             train,
             r.distill,
             r.class_drop,
@@ -278,7 +390,7 @@ class Pipeline:
         seconds = time.perf_counter() - started
         if self.world.main:
             throughput = self._training_throughput(result, train) if result.images_per_s else None
-            save_student(result.student.cpu(), r, self.run)
+            save_student(result.student.cpu(), r, self.run, feature_layers)
             atomic_write_json(self.run.artifact("history.json"), result.history)
             self.run.mark_done(
                 "distill",
@@ -334,10 +446,30 @@ class Pipeline:
         if parity["top1_agreement"] < 0.99 or parity["max_abs_diff"] > 1e-3:
             self.console.print(f"[yellow]export: ONNX and PyTorch differ: {parity}")
         outputs = ["student.onnx", "parity.json"]
-        self.run.remove("student.int8.onnx", "student.int8.trt.onnx", "int8.json")
+        self.run.remove("student.int8.onnx", "student.int8.trt.onnx", "int8.json", "teacher.onnx", "student.fp16.onnx")
         if r.export.int8.enabled:
             outputs += self._export_int8(progress)
-        self.run.mark_done("export", self.inputs("export"), outputs)
+        if self._needs_fp16_file():
+            convert_fp16(self.run / "student.onnx", self.run.artifact("student.fp16.onnx"))
+            outputs.append("student.fp16.onnx")
+        info = {}
+        if r.export.teacher and r.teacher.arch != "onnx":
+            info["teacher_onnx"] = self._export_teacher()
+            outputs += ["teacher.onnx"] if info["teacher_onnx"].get("error") is None else []
+        self.run.mark_done("export", self.inputs("export"), outputs, info)
+
+    def _export_teacher(self) -> dict:
+        """teacher.onnx, timed on every target like the student, for the speed-ups; a teacher the exporters cannot
+        express leaves the table without them, never fails the run."""
+        r = self.recipe
+        try:
+            export_onnx(self.teacher, r.teacher.input, self.run.artifact("teacher.onnx"), r.teacher.class_names)
+        except Exception as exc:  # BadInput from our exporter, or anything torch.onnx raises for an unusual model
+            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            self.console.print(f"[yellow]export: the teacher could not be exported to ONNX ({message}); no speed-ups", highlight=False)
+            log.warning("export: teacher.onnx not written: %s", message)
+            return {"error": message}
+        return {"path": "teacher.onnx", "bytes": (self.run / "teacher.onnx").stat().st_size}
 
     def _export_int8(self, progress: Progress) -> list[str]:
         """INT8 copies calibrated on the selection's training split: the pool images the student learned from."""
@@ -373,28 +505,58 @@ class Pipeline:
         teacher_pred = teacher_logits.argmax(1)
         teacher_acc = float((teacher_pred == eval_set.labels).mean()) if eval_set.labels is not None else None
         student = load_student(r, self.run)
+        student_logits = predict_torch(student, eval_set.images, spec)
+        basis = "accuracy" if eval_set.labels is not None else "teacher agreement"
+        student_score = float((student_logits.argmax(1) == (eval_set.labels if eval_set.labels is not None else teacher_pred)).mean())
         int8_summary, int8_reference = None, None
         if r.export.int8.enabled and (self.run / "student.int8.onnx").is_file():
             int8_summary, int8_reference = measure_int8(
                 self.run / "student.onnx", self.run / "student.int8.onnx", eval_set, spec, teacher_pred
             )
             int8_summary = json.loads((self.run / "int8.json").read_text()) | int8_summary
-        results = []
+        results, rows = [], []
         for target in r.targets:
             task = progress.add_task(f"validate: {target.name}", total=len(eval_set.images), info=target.runtime)
+            resolved = target.resolved(r)
+            advance = lambda n, t=task: progress.advance(t, n)
             res = validate_target(
-                target.resolved(r),
+                resolved,
                 self.target_model(target),
                 eval_set,
                 spec,
                 teacher_pred,
                 teacher_acc,
-                on_progress=lambda n, t=task: progress.advance(t, n),
+                on_progress=advance,
                 int8_reference=int8_reference,
+                reference_logits=student_logits,
+                engine_path=self.engine_plan(target, target.precision),
             )
             results.append(res)
             log.info("validate %s: %s", target.name, res)
+            model_for = lambda precision, t=target: path if (path := self.target_model(t, precision)).is_file() else None
+            others = models_to_time(resolved, model_for, self.teacher_model())
+            students = sum(model == "student" for model, *_ in others)
+            other_task = progress.add_task(f"validate: {target.name}, other models", total=len(eval_set.images) * students, info="")
+            rows += measure_target(
+                resolved,
+                res,
+                self.target_model(target),
+                others,
+                eval_set,
+                spec,
+                teacher_pred,
+                teacher_acc,
+                student_logits,
+                int8_reference,
+                on_progress=lambda n, t=other_task: progress.advance(t, n),
+                engine_for=lambda precision, t=target: self.engine_plan(t, precision),
+                teacher_scored_in=self.teacher_runtime(),
+            )
+        for row in rows:
+            if row["error"] and not row["gated"]:
+                log.warning("validate %s: %s %s not measured: %s", row["target"], row["model"], row["precision"], row["error"])
         selection = json.loads((self.run / "selection.json").read_text())
+        layers = json.loads((self.run / "student.json").read_text()).get("feature_layers") or {}
         report = Report(
             name=r.name,
             eval={
@@ -404,17 +566,29 @@ class Pipeline:
                 "unreadable": len(eval_set.unreadable),
                 "unreadable_examples": eval_set.unreadable[:5],
             },
-            teacher={"arch": r.teacher.arch, "parameters": count_parameters(self.teacher), "accuracy": teacher_acc},
+            teacher={
+                "arch": r.teacher.arch,
+                "parameters": count_parameters(self.teacher),
+                "accuracy": teacher_acc,
+                "runtime": self.teacher_runtime(),
+                "feature_layer": layers.get("teacher"),
+            },
             student={
                 "arch": r.student.arch,
                 "parameters": count_parameters(student),
                 "onnx_bytes": (self.run / "student.onnx").stat().st_size,
                 "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None,
+                "accuracy": student_score if eval_set.labels is not None else None,
+                "agreement": float((student_logits.argmax(1) == teacher_pred).mean()),
+                "scored_in": "pytorch",
+                "feature_layer": layers.get("student"),
                 "kept_epoch": (self.run.read_record("distill") or {}).get("info", {}).get("kept_epoch"),
                 "keep": r.distill.keep,
                 "epochs": r.distill.epochs,
             },
             int8=int8_summary,
+            deployment={"rows": rows, "recommendation": recommend(rows, student_score, basis)},
+            warnings=student_warnings(student_score, basis, r.teacher.num_classes, teacher_acc),
             selection=selection,
             throughput={
                 "select": selection.get("throughput"),
@@ -441,8 +615,12 @@ class Pipeline:
             )
         self.run.mark_done("validate", self.inputs("validate"), ["report.json", "latency_samples.json"])
 
-    def run_stages(self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = ()) -> dict:
+    def run_stages(
+        self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = (), record_recipe: bool = True
+    ) -> dict:
         """Runs `stages` and whatever earlier stage they need; a stage already done with the same inputs is skipped.
+
+        `record_recipe` False keeps the run.json an earlier run wrote (a what-if re-gate), so its overrides do not stick.
 
         Under torchrun every rank scores and trains; rank 0 alone decides what is done, writes, exports and validates."""
         main = self.world.main
@@ -458,16 +636,16 @@ class Pipeline:
         if claimed is not None:
             raise BadInput(claimed)
         try:
-            return self._run_stages(stages, fresh, force)
+            return self._run_stages(stages, fresh, force, record_recipe)
         finally:
             self.run.close()
 
-    def _run_stages(self, stages: tuple[str, ...], fresh: bool, force: tuple[str, ...]) -> dict:
+    def _run_stages(self, stages: tuple[str, ...], fresh: bool, force: tuple[str, ...], record_recipe: bool = True) -> dict:
         main = self.world.main
         if fresh and main:
             self.run.clear()
             self._remove_distill_scratch()
-        if main:
+        if main and (record_recipe or not (self.run / "run.json").is_file()):
             atomic_write_json(
                 self.run.artifact("run.json"),
                 {
@@ -503,8 +681,12 @@ def compress(
     fresh: bool = False,
     stages: tuple[str, ...] = STAGES,
     console: Console | None = None,
+    record_recipe: bool = True,
 ) -> dict:
     """Python API of `edgedistill compress`: returns the report (also written to RUN_DIR/report.json).
+
+    `record_recipe` False leaves an existing RUN_DIR/run.json as it is: a what-if re-gate (`validate --run-dir --set`)
+    must not become the recipe the next plain re-gate uses.
 
     Launched by torchrun, every process joins the process group; ranks other than 0 return {} after distill.
 
@@ -528,10 +710,10 @@ def compress(
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     forced = stages if len(stages) == 1 else ()
     try:
-        report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced)
+        report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced, record_recipe=record_recipe)
     finally:
         close_world()
-    error = gate_error(report) if report else None
+    error = gate_error(report, run_dir=run_dir) if report else None
     if error is not None:
         raise error
     return report

@@ -164,7 +164,7 @@ def test_unknown_names_are_one_line_with_the_nearest():
         ({"distill": {"loss": {"kd": 1, "temperature": 1}}}, "distill.loss: unknown 'temperature'"),
         ({"distill": {"loss": {"kd": 0}}}, "every weight is 0"),
         ({"targets": [{"name": "x", "runtime": "openvin"}]}, "did you mean 'openvino'"),
-        ({"targets": [{"name": "x", "runtime": "openvino", "precision": "fp16"}]}, "precision fp16 needs runtime: tensorrt or trtexec"),
+        ({"targets": [{"name": "x", "runtime": "onnxruntime", "precision": "fp16"}]}, "needs runtime: openvino or tensorrt or trtexec"),
         ({"targets": [{"name": "x", "runtime": "openvino", "ssh": "board"}]}, "runs on this machine"),
         ({"export": {"int8": {"enabled": False}}, "targets": [{"name": "x", "precision": "int8"}]}, "needs the INT8 model"),
     ]

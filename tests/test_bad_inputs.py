@@ -3,6 +3,7 @@ nothing written: found before any stage runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -92,6 +93,44 @@ def test_bad_recipe_field(tmp_path, name, edit, needle):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
     assert "Traceback" not in result.output and not run.exists()
+
+
+SET_CASES = [
+    ("misspelt key", "select.per_clas=5", "--set select.per_clas=5: select.per_clas: unknown key; did you mean 'per_class'? valid keys"),
+    ("misspelt budget", "targets.0.budget.p99ms=1", "targets.0.budget.p99ms: unknown key; did you mean 'p99_ms'"),
+    ("misspelt section", "distil.epochs=3", "--set distil.epochs=3: distil: unknown key; did you mean 'distill'?"),
+    ("index past the list", "targets.3.budget.p99_ms=1", "--set targets.3.budget.p99_ms=1: targets has one entry, indexed 0 (cpu)"),
+    ("wrong type", "distill.epochs=many", "--set distill.epochs=many: distill.epochs: Input should be a valid integer"),
+    ("unknown strategy", "select.strategy=balance", "--set select.strategy=balance: select.strategy: unknown 'balance'; did you mean"),
+    ("not key=value", "distill.epochs", "--set distill.epochs: expected section.key=value"),
+]
+
+
+@pytest.mark.parametrize("name,item,needle", SET_CASES, ids=[c[0] for c in SET_CASES])
+def test_bad_set_names_the_option_not_a_file(tmp_path, name, item, needle):
+    """--set mistakes blame the option the user typed, suggest the nearest key and list the valid ones in plain words."""
+    recipe = tiny_recipe(tmp_path)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["compress", str(recipe), "--run-dir", str(run), "--set", item], terminal_width=2000)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert "tiny.yaml" not in lines[0] and "(and " not in lines[0] and "1 entries" not in lines[0] and not run.exists()
+
+
+def test_bad_set_on_a_regate_names_the_option_not_run_json(tmp_path):
+    """A re-gate reads the recipe a run recorded in run.json, a file the user never edited: --set errors name --set."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = yaml.safe_load(tiny_recipe(tmp_path).read_text())
+    (run / "run.json").write_text(json.dumps({"recipe": recorded, "recipe_dir": str(tmp_path)}))
+    for item, needle in (
+        ("targets.0.budget.p99ms=1", "--set targets.0.budget.p99ms=1: targets.0.budget.p99ms: unknown key; did you mean 'p99_ms'"),
+        ("targets.0.runtime=openvin", "--set targets.0.runtime=openvin: targets.0: runtime: unknown 'openvin'; did you mean 'openvino'"),
+    ):
+        result = CliRunner().invoke(app, ["validate", "--run-dir", str(run), "--set", item], terminal_width=2000)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0] and "run.json" not in lines[0], result.output
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
 
 
 def test_bad_files_folders_models_and_manifests(tmp_path):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
 import onnxruntime as ort
+from rich.console import Console
 from typer.testing import CliRunner
 
 from edgedistill.backends import RUNTIMES
+from edgedistill.backends.onnxruntime import PROVIDER_ALIASES
 from edgedistill.cli import app
-from edgedistill.doctor import collect_facts, facts_table
+from edgedistill.doctor import INSTALL, collect_facts, facts_table
 
 STANDIN = Path(__file__).with_name("fake_trtexec_standin.py")
 
@@ -50,3 +53,16 @@ def test_doctor_table_says_what_is_missing(monkeypatch, tmp_path):
         assert row in result.output
     assert "not on PATH nor at" in result.output and "install TensorRT" in result.output
     assert facts_table(facts).row_count >= 8
+    # each "no" says what provides it; the JSON carries the same line for every unusable runtime
+    wide = Console(file=io.StringIO(), width=400)
+    wide.print(facts_table(facts))
+    table = wide.file.getvalue()
+    assert "JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)" in table and "the NVIDIA driver" in table
+    assert facts["runtimes"]["trtexec"]["install"] == INSTALL["runtime trtexec"]
+    if not facts["runtimes"]["onnxruntime"]["provider_aliases"]["cuda"]:
+        assert "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver" in table
+
+
+def test_every_runtime_and_provider_has_an_install_hint():
+    """A runtime added to RUNTIMES (or a provider alias) without a line in doctor.INSTALL fails here, not in a user's doctor."""
+    assert {f"runtime {name}" for name in RUNTIMES} | {f"provider {a}" for a in PROVIDER_ALIASES if a != "cpu"} <= set(INSTALL)

@@ -59,6 +59,22 @@ def predict(path: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+def export_28px(model: torch.nn.Module, path) -> None:
+    """A 1x28x28 classifier to ONNX (opset 17, dynamic batch) with torch's own exporter, not ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 1, 28, 28),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     threads = torch.get_num_threads()
@@ -77,18 +93,7 @@ def trained(tmp_path_factory) -> dict:
             opt.step()
         model.eval()
         path = tmp_path_factory.mktemp("fp32") / "lenet5.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (torch.zeros(2, 1, 28, 28),),
-                str(path),
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=17,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                dynamo=False,
-            )
+        export_28px(model, path)
     finally:
         torch.set_num_threads(threads)
     held_x, held_y = bars(1000, seed=1)
@@ -325,3 +330,86 @@ def test_sample_folder_reads_formats_and_skips_corrupt(tmp_path, trained):
     for calib, needle in ((only_bad, "no readable images"), (tmp_path / "missing", "not a directory")):
         out = runner.invoke(app, ["quantize", str(trained["fp32"]), "--calib", str(calib), "--mean", "0.1307", "--std", "0.3081"])
         assert out.exit_code == 2 and needle in out.output and "Traceback" not in out.output
+
+
+def int8_weights(path: Path) -> list[np.ndarray]:
+    model = onnx.load(str(path))
+    weights = initializers(model)
+    return [weights[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and weights.get(n.input[0]) is not None]
+
+
+def test_cpu_int8_weights_use_all_8_bits_unless_reduce_range(quantized, trained, tmp_path):
+    """7-bit weights (reduce_range) made ResNet-18 INT8 2.3x slower under OpenVINO here; full range is the default."""
+    full = [w for w in int8_weights(quantized["minmax"].path) if w.dtype == np.int8]
+    assert full and all(np.abs(w.astype(int)).max() == 127 for w in full), "symmetric per-channel: each layer's largest weight is ±127"
+    reduced = quantize_int8(trained["fp32"], tmp_path / "rr.onnx", trained["calibration"], MEAN, STD, reduce_range=True)
+    assert max(np.abs(w.astype(int)).max() for w in int8_weights(reduced.path) if w.dtype == np.int8) <= 64
+    assert agreement(reduced.path, trained) >= 0.95
+
+
+@pytest.fixture(scope="module")
+def hardswish_net(tmp_path_factory) -> Path:
+    """A MobileNetV3-like block stack (conv, depthwise conv, HardSwish, squeeze-excite gate), random weights."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, stride=2, padding=1),
+        torch.nn.Hardswish(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        torch.nn.Hardswish(),
+        torch.nn.Conv2d(16, 24, 1),
+        torch.nn.Hardsigmoid(),  # an SE-style gate on its own: not a HardSwish, must stay as it is
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, 10),
+    ).eval()
+    path = tmp_path_factory.mktemp("hswish") / "hswish.onnx"
+    export_28px(net, path)
+    return path
+
+
+def test_hardswish_survives_cpu_quantization_and_runs_in_openvino(hardswish_net, trained, tmp_path):
+    """ORT's pre-processing splits HardSwish into HardSigmoid * x; the CPU INT8 file gets it back whole."""
+    from edgedistill.backends.openvino import OpenVinoRunner
+
+    assert Counter(n.op_type for n in onnx.load(str(hardswish_net)).graph.node)["HardSwish"] == 2
+    result = quantize_int8(hardswish_net, tmp_path / "hswish.int8.onnx", trained["calibration"], MEAN, STD)
+    ops = Counter(n.op_type for n in onnx.load(str(result.path)).graph.node)
+    assert ops["HardSwish"] == 2 and ops["HardSigmoid"] == 1 and ops["Mul"] == 0
+    assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 8
+
+    x = trained["held"][:64]
+    reference = predict(hardswish_net, x)
+    logits = predict(result.path, x)
+    assert np.linalg.norm(logits - reference) <= 0.1 * np.linalg.norm(reference)
+    with OpenVinoRunner(result.path, threads=1, precision="int8") as runner:
+        np.testing.assert_allclose(runner.infer(x), logits, atol=0.05 * np.abs(reference).max())
+
+    trt = quantize_int8(hardswish_net, tmp_path / "hswish.trt.onnx", trained["calibration"], MEAN, STD, for_tensorrt=True)
+    assert "HardSwish" not in {n.op_type for n in onnx.load(str(trt.path)).graph.node}, "the TensorRT flavour is left as ORT made it"
+
+
+def test_fp16_copy_is_half_precision_inside_float32_outside(trained, tmp_path):
+    from edgedistill.backends.openvino import OpenVinoRunner
+    from edgedistill.stages.fp16 import convert_fp16
+
+    out = convert_fp16(trained["fp32"], tmp_path / "lenet5.fp16.onnx")
+    model = onnx.load(str(out))
+    float_types = {t.data_type for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    assert float_types == {onnx.TensorProto.FLOAT16}, "every float weight is fp16"
+    assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] == [onnx.TensorProto.FLOAT] * 2
+    assert onnx_info(out).size_bytes < 0.6 * onnx_info(trained["fp32"]).size_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5.fp16.onnx"], "temp files left behind"
+
+    x = trained["held"][:200]
+    reference = predict(trained["fp32"], x)
+    for logits in (predict(out, x), OpenVinoRunner(out, threads=1, precision="fp32").infer(x)):
+        assert logits.dtype == np.float32 and logits.shape == reference.shape
+        assert np.abs(logits - reference).max() < 0.02 * np.abs(reference).max()
+        assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.99
+
+    for source, target, needle in (
+        (trained["fp32"], trained["fp32"], "overwrite"),
+        (tmp_path / "missing.onnx", tmp_path / "x.onnx", "does not exist"),
+    ):
+        with pytest.raises(BadInput, match=needle):
+            convert_fp16(source, target)

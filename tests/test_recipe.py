@@ -33,7 +33,7 @@ def edit(fn):
 
 
 BAD = [
-    ("unknown key", edit(lambda d: d["distill"].update(epochz=3)), "distill.epochz: unknown key; check the spelling"),
+    ("unknown key", edit(lambda d: d["distill"].update(epochz=3)), "distill.epochz: unknown key; did you mean 'epochs'? valid keys here:"),
     ("wrong type", edit(lambda d: d["distill"].update(epochs="many")), "distill.epochs: Input should be a valid integer"),
     ("negative count", edit(lambda d: d["pool"][1].update(count=-5)), "pool.1.count: Input should be greater than 0"),
     (

@@ -193,10 +193,18 @@ def test_validate_target_with_trtexec_standin(compressed_run, sshd_server, tmp_p
     recipe = load_recipe(compressed_run.recipe)
     spec = TargetSpec(**ssh_target_entry(sshd_server, runtime="trtexec", trtexec=str(_standin(tmp_path)), budget={"p99_ms": 1.0}))
     eval_set = EvalSet("one image", np.zeros((1, 1, 28, 28), np.uint8), np.array([9]))
+    plan = tmp_path / "engine-board-fp32.plan"
     result = validate_target(
-        spec, compressed_run.run_dir / "student.onnx", eval_set, recipe.teacher.input, teacher_pred=np.array([9]), teacher_accuracy=1.0
+        spec,
+        compressed_run.run_dir / "student.onnx",
+        eval_set,
+        recipe.teacher.input,
+        teacher_pred=np.array([9]),
+        teacher_accuracy=1.0,
+        engine_path=plan,
     )
     assert result.error is None, result.error
+    assert plan.stat().st_size > 0 and result.facts["engine_plan"] == plan.name  # the plan trtexec built, fetched over ssh
     assert result.accuracy == 1.0 and result.agreement == 1.0
     assert result.latency["iterations"] == 30 and len(result.latency_samples_ms) == 30
     assert result.facts["runtime"] == "trtexec" and result.facts["tensorrt"] == "10.3.0"

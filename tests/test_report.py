@@ -28,7 +28,8 @@ def test_report_is_self_contained_with_every_plot(compressed_run):
     images = embedded_pngs(text)
     assert len(images) == 4 and all(png.startswith(PNG_SIGNATURE) for png in images)
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
-    for heading in ("Budgets", "Targets", "Latency", "Selection from the pool", "Selected pool images", "Learning curves"):
+    headings = ("Budgets", "Deployment", "Batch sizes", "Latency", "Selection from the pool", "Selected pool images", "Learning curves")
+    for heading in headings:
         assert f"<h2>{heading}" in text
     assert text.count('<tr class="pass">') == 3  # cpu: p99_ms, min_accuracy; board: p99_ms
     assert "<h2>Pool coverage</h2>" in text and text.count('<tr class="covered-') == 10  # a row per class
@@ -83,7 +84,7 @@ def test_report_renders_in_headless_chromium(compressed_run, tmp_path):
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--screenshot={shot}",
-            "--window-size=1200,2000",
+            "--window-size=1200,3200",
             page.as_uri(),
         ],
         capture_output=True,
@@ -93,7 +94,7 @@ def test_report_renders_in_headless_chromium(compressed_run, tmp_path):
     )
     assert shot.is_file(), f"chromium wrote no screenshot (exit {result.returncode}): {result.stderr[-2000:]}"
     pixels = np.asarray(Image.open(shot).convert("RGB"))
-    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels.shape[:2] == (3200, 1200)
     pixels = pixels[::2, ::2]
     non_white = (pixels.min(-1) < 235).mean()
     packed = (pixels[..., 0].astype(np.int32) << 16) | (pixels[..., 1].astype(np.int32) << 8) | pixels[..., 2]

@@ -155,11 +155,43 @@ def test_onnx_named_tensor_is_an_extra_output(zoo):
 
 def test_vendor_onnx_softmax_tail_and_fixed_batch(zoo):
     message = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx"}))
-    assert "teacher.input: required key is missing" in message and "mean, std" in message
+    assert "teacher.input: required key is missing: mean, std" in message and "add teacher.input.mean and teacher.input.std" in message
     teacher = load_teacher(recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx", "input": INPUT}))
     tap = FeatureTap(teacher)
     torch.testing.assert_close(logits_of(teacher, zoo["x"]), zoo["vendor_logits"], atol=1e-5, rtol=1e-5)
     assert tap.features.shape == (3, 8)
+
+
+def test_vendor_onnx_with_only_mean_and_std_takes_channels_and_size_from_the_file(zoo, tmp_path):
+    """A vendor ONNX model carries its input shape but no normalisation: the recipe gives only what the file lacks."""
+    r = recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx", "input": {"mean": INPUT["mean"], "std": INPUT["std"]}})
+    assert r.teacher.input.model_dump() == INPUT and r.teacher.num_classes == 10
+    torch.testing.assert_close(logits_of(load_teacher(r), zoo["x"]), zoo["vendor_logits"], atol=1e-5, rtol=1e-5)
+    only_mean = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx", "input": {"mean": INPUT["mean"]}}))
+    assert "teacher.input: required key is missing: std" in only_mean and "add teacher.input.std" in only_mean
+    wrong_count = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx", "input": {"mean": [0.5], "std": [0.25]}}))
+    assert "channels, size from vendor.onnx" in wrong_count and "mean needs 3 value(s)" in wrong_count
+    wrong_size = bad_input(lambda: recipe(zoo["dir"], {"arch": "onnx", "weights": "vendor.onnx", "input": {**INPUT, "size": 64}}))
+    assert "teacher.input.size is 64 but vendor.onnx" in wrong_size and "drop teacher.input.size" in wrong_size
+    # a state dict says nothing of its input: every key is asked for, by name
+    partial = bad_input(lambda: recipe(zoo["dir"], torchvision_teacher("plain.safetensors", input={"size": 32})))
+    assert "required key is missing: channels, mean, std" in partial
+
+
+def test_run_log_and_student_json_name_the_feature_layers(zoo, tmp_path):
+    data = {
+        "name": "layers",
+        "teacher": {"arch": "onnx", "weights": str(zoo["dir"] / "vendor.onnx"), "input": {"mean": INPUT["mean"], "std": INPUT["std"]}},
+        "pool": [{"builtin": "natural-patches", "count": 100}],
+        "select": {"strategy": "random", "per_class": 5, "batch_size": 100},
+        "student": {"arch": "lenet5_half"},
+        "distill": {"epochs": 1, "batch_size": 16, "augment": None},
+    }
+    edgedistill.compress(recipe_from_dict(data, base_dir=tmp_path), run_dir=tmp_path / "run", stages=("select", "distill"))
+    layers = json.loads((tmp_path / "run" / "student.json").read_text())["feature_layers"]
+    assert layers["teacher"].startswith("ONNX tensor ") and layers["student"] == "fc (its input)"
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert f"feature loss matches teacher {layers['teacher']} with student fc (its input)" in log
 
 
 def test_pickled_model_is_refused_unless_trusted(zoo, caplog):

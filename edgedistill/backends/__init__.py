@@ -29,6 +29,7 @@ class Runtime:
     probe: Callable[[], dict]  # for doctor: {"usable": bool, "detail": str, ...}
     precisions: tuple[str, ...]  # what a target's `precision` may be
     int8_flavour: Literal["cpu", "tensorrt"] | None  # which INT8 export it runs (stages/quantize.py)
+    fp16_from: Literal["file", "engine"] | None = None  # fp16: student.fp16.onnx (stages/fp16.py), or an engine built from fp32
     over_ssh: bool = False  # can run on a device over ssh
     providers: bool = False  # takes ONNX Runtime execution providers
     timed_by_duration: bool = True  # can time batch 1 for a duration instead of a call count
@@ -39,12 +40,12 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("onnxruntime", "ONNX Runtime: CPU, or its CUDA / TensorRT execution providers where installed; here or over ssh",
             onnxruntime.open_runner, onnxruntime.probe, ("fp32", "int8"), "cpu", over_ssh=True, providers=True),
     Runtime("openvino", "OpenVINO on this machine's CPU",
-            openvino.open_runner, openvino.probe, ("fp32", "int8"), "cpu"),
+            openvino.open_runner, openvino.probe, ("fp32", "fp16", "int8"), "cpu", fp16_from="file"),
     Runtime("tensorrt", "TensorRT's Python API on this machine's GPU",
-            tensorrt.open_runner, tensorrt.probe, ("fp32", "fp16", "int8"), "tensorrt"),
+            tensorrt.open_runner, tensorrt.probe, ("fp32", "fp16", "int8"), "tensorrt", fp16_from="engine"),
     Runtime("trtexec", "TensorRT's trtexec command line, here or on a Jetson over ssh",
-            trtexec_runner.open_runner, trtexec_runner.probe, ("fp32", "fp16", "int8"), "tensorrt", over_ssh=True,
-            timed_by_duration=False),
+            trtexec_runner.open_runner, trtexec_runner.probe, ("fp32", "fp16", "int8"), "tensorrt", fp16_from="engine",
+            over_ssh=True, timed_by_duration=False),
 )}
 # fmt: on
 

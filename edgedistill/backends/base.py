@@ -3,22 +3,48 @@ what it ran on; plus the latency statistics and the timing loop all local runner
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-NOISY_CV = 0.1
+DEFAULT_ROUNDS = 5
+ROUND_FIGURES = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
+INTERVAL_CONFIDENCE = 0.9
+NOISY_SPREAD = 0.1
+
+
+def median_interval(values: list[float] | np.ndarray, confidence: float = INTERVAL_CONFIDENCE) -> tuple[float, float, float, float]:
+    """(median, low, high, coverage) of per-round figures: the interval is the k-th smallest to the k-th largest round,
+    with k as large as still holds the true median with `confidence` (binomial order statistics, no assumption on how
+    latency is distributed); under 5 rounds no interval reaches 90%, so it is the smallest to the largest round.
+    One round gives a point: no interval, as a single measurement was judged before rounds existed."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    k, coverage = 1, 1.0 - 2 * 0.5**n if n > 1 else 0.0
+    while 2 * (k + 1) <= n + 1:
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        if 1 - 2 * tail < confidence:
+            break
+        k, coverage = k + 1, 1 - 2 * tail
+    return float(np.median(v)), float(v[k - 1]), float(v[n - k]), coverage
 
 
 @dataclass
 class LatencyStats:
-    """Milliseconds per call at one batch size; `cv` (std/mean) says how much to trust them, `noisy` when it is above NOISY_CV."""
+    """Milliseconds per call at one batch size, pooled over all rounds; `per_round` holds each round's own figures, the
+    basis of budget verdicts (median_interval). `noisy`: the rounds' medians differ by more than NOISY_SPREAD of their
+    median (`round_spread`), i.e. the machine's speed changed while it was measured; `cv` is the spread of single
+    calls, which every real workload has and which says nothing about the measurement. `busy_elsewhere_cores`: CPU
+    other processes used meanwhile (cores, from /proc/stat; None on a remote device or for a too short measurement);
+    `contended` when that left this process less than one core: a slow figure may then be the machine's, not the model's."""
 
     batch: int
     iterations: int
@@ -31,10 +57,15 @@ class LatencyStats:
     cv: float
     throughput_per_s: float
     noisy: bool = False
+    rounds: int = 1
+    round_spread: float | None = None
+    per_round: dict[str, list[float]] | None = None
+    busy_elsewhere_cores: float | None = None
+    contended: bool = False
     samples_ms: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_samples(cls, samples_ms: np.ndarray, batch: int, noisy_cv: float = NOISY_CV) -> LatencyStats:
+    def from_samples(cls, samples_ms: np.ndarray, batch: int) -> LatencyStats:
         s = np.asarray(samples_ms, dtype=np.float64)
         mean = float(s.mean())
         p50, p90, p99 = (float(v) for v in np.percentile(s, [50, 90, 99]))
@@ -50,9 +81,27 @@ class LatencyStats:
             float(s.max()),
             cv,
             batch * 1000.0 / mean if mean > 0 else 0.0,
-            noisy=cv > noisy_cv,
             samples_ms=s,
         )
+
+    @classmethod
+    def from_rounds(cls, rounds: list[np.ndarray], batch: int) -> LatencyStats:
+        """Pooled figures of all rounds, plus each round's own and how far the rounds' medians drift apart."""
+        pooled = cls.from_samples(np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds]), batch)
+        each = [cls.from_samples(r, batch) for r in rounds]
+        pooled.rounds = len(rounds)
+        pooled.per_round = {name: [round(getattr(r, name), 5) for r in each] for name in ROUND_FIGURES}
+        if len(rounds) > 1:
+            medians = np.asarray([r.p50_ms for r in each])
+            center = float(np.median(medians))
+            pooled.round_spread = float((medians.max() - medians.min()) / center) if center > 0 else 0.0
+            pooled.noisy = pooled.round_spread > NOISY_SPREAD
+        return pooled
+
+    def gate_figure(self, name: str) -> tuple[float, float, float, float]:
+        """(median, low, high, coverage) of a figure across rounds; with one round, the figure itself."""
+        values = (self.per_round or {}).get(name) or [getattr(self, name)]
+        return median_interval(values)
 
     def as_dict(self) -> dict:
         """The summary only: the raw samples go to their own file (latency_samples.json)."""
@@ -76,6 +125,17 @@ class Runner(ABC):
 
     @abstractmethod
     def facts(self) -> dict: ...
+
+    def save_engine(self, dest: Path) -> bool:
+        """Writes the engine plan the runtime built for this model to `dest` (for deployment without a rebuild);
+        False when the runtime builds no plan."""
+        return False
+
+    def round_samples(self, batch: int, warmup: int, per_round: int, rounds: int, duration_s: float | None = None) -> list[np.ndarray]:
+        """Milliseconds of each call, per round, each round after its own warmup; a runner whose every `time` costs a
+        process start on a device overrides this to measure all rounds in one go."""
+        timing = {"duration_s": duration_s} if duration_s else {}
+        return [self.time(batch, warmup, per_round, **timing).samples_ms for _ in range(rounds)]
 
     def close(self) -> None:  # noqa: B027 (a runner that holds nothing needs no close)
         """Releases what the runner holds; safe to call twice."""
@@ -109,6 +169,42 @@ def time_calls(call: Callable[[], object], warmup: int, iterations: int, duratio
         call()
         timed.append((time.perf_counter_ns() - start) / 1e6)
     return np.asarray(timed)
+
+
+def time_rounds(
+    runner: Runner, batch: int, warmup: int, iterations: int, rounds: int = DEFAULT_ROUNDS, duration_s: float | None = None
+) -> LatencyStats:
+    """`iterations` calls (or `duration_s` seconds) in all, split into `rounds` rounds, each after its own `warmup`:
+    a burst of load then spoils a round or two, not the verdict (Runner.round_samples)."""
+    rounds = max(1, rounds)
+    per_round = max(1, math.ceil(iterations / rounds))
+    remote = bool(getattr(getattr(runner, "target", None), "ssh", None))
+    before = None if remote else (cpu_busy_s(), time.process_time(), time.perf_counter())
+    stats = LatencyStats.from_rounds(
+        runner.round_samples(batch, warmup, per_round, rounds, duration_s / rounds if duration_s else None), batch
+    )
+    if before is not None and before[0] is not None and (busy := cpu_busy_s()) is not None:
+        wall = time.perf_counter() - before[2]
+        if wall >= MIN_LOAD_WINDOW_S:
+            stats.busy_elsewhere_cores = max(0.0, (busy - before[0]) - (time.process_time() - before[1])) / wall
+            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            stats.contended = stats.busy_elsewhere_cores > usable - 1
+    return stats
+
+
+MIN_LOAD_WINDOW_S = 0.5  # /proc/stat counts in 10 ms ticks: a shorter window cannot tell load from rounding
+
+
+def cpu_busy_s() -> float | None:
+    """Seconds all CPUs of this machine have been busy since boot (user, nice, system, irq, softirq and a VM's steal
+    time, from /proc/stat); None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_first(path: str, prefix: str = "") -> str | None:

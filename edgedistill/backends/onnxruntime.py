@@ -180,6 +180,11 @@ class RemoteOnnxRuntimeRunner(HostRunner):
         samples = self._call("time", batch, warmup, iterations)["samples_ms"]
         return LatencyStats.from_samples(np.asarray(samples), batch)
 
+    def round_samples(self, batch: int, warmup: int, per_round: int, rounds: int, duration_s: float | None = None) -> list[np.ndarray]:
+        """All rounds in one call of the helper: a call per round would load the model on the device again each time."""
+        result = self._call("time", batch, warmup, per_round, rounds)
+        return [np.asarray(r) for r in result.get("rounds_ms") or [result["samples_ms"]]]
+
     def facts(self) -> dict:
         return {
             "runtime": "onnxruntime",

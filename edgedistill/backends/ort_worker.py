@@ -57,16 +57,20 @@ def main(mode, model, threads, providers, *rest):
         result = {"outputs": target}
     else:
         batch, warmup, iterations = int(rest[0]), int(rest[1]), int(rest[2])
+        rounds = int(rest[3]) if len(rest) > 3 else 1  # each round after its own warmup
         shape = [batch] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
         feed = {inp.name: np.random.RandomState(0).standard_normal(shape).astype(np.float32)}
-        for _ in range(warmup):
-            sess.run(None, feed)
-        samples = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            samples.append((time.perf_counter() - start) * 1000.0)
-        result = {"samples_ms": samples}
+        per_round = []
+        for _ in range(rounds):
+            for _ in range(warmup):
+                sess.run(None, feed)
+            samples = []
+            for _ in range(iterations):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                samples.append((time.perf_counter() - start) * 1000.0)
+            per_round.append(samples)
+        result = {"samples_ms": [v for r in per_round for v in r], "rounds_ms": per_round}
     print(json.dumps(result))
 
 

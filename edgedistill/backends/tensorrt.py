@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import BadInput, TargetUnavailable
 from ..models.onnx_info import onnx_info
 from .base import LatencyStats, Runner, machine_facts, time_calls
@@ -123,6 +124,7 @@ class TensorRTRunner(Runner):
                 {"tensorrt": trt.__version__, "gpu": self.gpu, "precision": precision, "onnx": str(model), "max_batch": self.max_batch},
             )
             self.cache_state = "built"
+        self.plan = plan
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
         if self.engine is None:
             raise TargetUnavailable(
@@ -216,6 +218,11 @@ class TensorRTRunner(Runner):
             "torch_cuda": self.torch.version.cuda,
             **machine_facts(),
         }
+
+    def save_engine(self, dest: Path) -> bool:
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(self.plan)
+        return True
 
     def close(self) -> None:
         self.context = self.engine = None

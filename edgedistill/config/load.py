@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..errors import BadInput
+from ..errors import BadInput, did_you_mean
 from ..inputs.builtin import BUILTINS
 from ..inputs.labeled import class_folders
 from ..inputs.pool import SOURCES
@@ -23,16 +23,55 @@ from ..models.teachers import complete_teacher_spec
 from .schema import Recipe
 
 
-def _format_error(source: str, err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+def _section_model(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The recipe model a key path leads to (Recipe, ("distill", "augment") -> AugmentSpec); None past a plain value."""
+    for part in path:
+        if isinstance(part, int):
+            continue  # a list item: the list's own annotation already led to its model
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return None
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation) if (found := _model_in(arg)) is not None), None)
+
+
+def _format_error(source: str, err: dict[str, Any], model: type[BaseModel] = Recipe, where: tuple = ()) -> str:
+    """`source: section.key: problem`, with the nearest valid key and the section's keys for a misspelt one.
+    `where` is the key path in front of what `model` validated (("pool", 1) for a pool entry's own model)."""
+    loc = ".".join(str(p) for p in (*where, *err["loc"]))
     kind, msg = err["type"], err["msg"]
     hint = ""
     if kind == "extra_forbidden":
         msg = "unknown key"
-        hint = "; check the spelling (edgedistill recipe-schema lists every key)"
+        section = _section_model(model, tuple(err["loc"][:-1]))
+        keys = [k for k, f in section.model_fields.items() if not f.exclude] if section is not None else []
+        if keys:
+            hint = f"{did_you_mean(str(err['loc'][-1]), keys)} valid keys here: {', '.join(keys)}"
+        else:
+            hint = "; check the spelling (edgedistill recipe-schema lists every key)"
     elif kind == "missing":
         msg = "required key is missing"
-    return f"{source}: {loc or '<root>'}: {msg}{hint}"
+    return f"{source}: {loc or 'the recipe'}: {msg}{hint}"
+
+
+def blame_overrides(message: str, source: str, overrides: list[str]) -> str:
+    """A `source: key: problem` message whose key an --set override wrote names that option instead of the file."""
+    prefix = f"{source}: "
+    if not overrides or not message.startswith(prefix):
+        return message
+    rest = message[len(prefix) :]
+    key = rest.split(":", 1)[0].split(" ", 1)[0]
+    for item in reversed(overrides):  # the last --set of a key is the one that counts
+        set_key = item.partition("=")[0]
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return f"--set {item}: {rest}"
+    return message
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -40,19 +79,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise BadInput(f"--set {item!r}: expected section.key=value, e.g. --set distill.epochs=5")
+            raise BadInput(f"--set {item}: expected section.key=value, e.g. --set distill.epochs=5")
         node: Any = data
         parts = key.split(".")
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise BadInput(
-                        f"--set {item!r}: {'.'.join(parts[:depth]) or key} has {len(node)} entries; index with 0..{len(node) - 1}"
-                    )
+                    raise BadInput(f"--set {item}: {_list_entries('.'.join(parts[:depth]), node)}")
                 part = int(part)
             elif not isinstance(node, dict):
-                raise BadInput(f"--set {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
+                raise BadInput(f"--set {item}: {'.'.join(parts[:depth])} is a value, not a section")
             if last:
                 node[part] = yaml.safe_load(raw)
             else:
@@ -60,6 +97,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     node[part] = {}
                 node = node[part]
     return data
+
+
+def _list_entries(name: str, items: list) -> str:
+    """What an index into a recipe list can be: `targets has 2 entries, indexed 0 (cpu), 1 (board)`."""
+    if not items:
+        return f"{name} is empty"
+    shown = ", ".join(f"{i} ({entry['name']})" if isinstance(entry, dict) and "name" in entry else str(i) for i, entry in enumerate(items))
+    return f"{name} has {'one entry' if len(items) == 1 else f'{len(items)} entries'}, indexed {shown}"
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
@@ -78,15 +123,32 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
         raise BadInput(f"{path}: a recipe is a YAML mapping with keys name, teacher, pool, student, ...")
     if overrides:
         data = apply_overrides(data, overrides)
-    return recipe_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+    return recipe_from_dict(data, base_dir=path.resolve().parent, source=str(path), overrides=overrides)
 
 
-def recipe_from_dict(data: dict[str, Any], base_dir: Path = Path("."), source: str = "<recipe>") -> Recipe:
+def recipe_with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A loaded recipe with --set style overrides applied, checked again as a whole."""
+    data = apply_overrides(recipe.model_dump(mode="json"), overrides)
+    return recipe_from_dict(data, base_dir=recipe.base_dir, source=f"recipe {recipe.name}", overrides=overrides)
+
+
+def recipe_from_dict(
+    data: dict[str, Any], base_dir: Path = Path("."), source: str = "<recipe>", overrides: list[str] | None = None
+) -> Recipe:
+    """A checked Recipe from YAML data; `overrides` are the --set items already applied to it, named by errors they cause."""
+    try:
+        return _checked_recipe(data, base_dir, source)
+    except BadInput as exc:
+        raise BadInput(blame_overrides(str(exc), source, overrides or [])) from None
+
+
+def _checked_recipe(data: dict[str, Any], base_dir: Path, source: str) -> Recipe:
     try:
         recipe = Recipe.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
         errors = exc.errors()
-        raise BadInput(_format_error(source, errors[0]) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")) from None
+        others = sorted({".".join(str(p) for p in e["loc"][:2]) for e in errors[1:]} - {".".join(str(p) for p in errors[0]["loc"][:2])})
+        raise BadInput(_format_error(source, errors[0]) + (f" (also check {', '.join(others)})" if others else "")) from None
     _check_files(recipe, source)
     t = recipe.teacher
     complete_teacher_spec(t, recipe.resolve(t.weights) if t.weights is not None else None, source)
@@ -122,7 +184,7 @@ def _pool_sources(recipe: Recipe, source: str) -> None:
             recipe.pool[i] = SOURCES.get(named[0]).model_validate(raw)
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise BadInput(_format_error(source, {**err, "loc": ("pool", i, *err["loc"])})) from None
+            raise BadInput(_format_error(source, err, SOURCES.get(named[0]), ("pool", i))) from None
         recipe.pool[i].check(recipe, f"{source}: pool.{i}")
 
 
@@ -161,7 +223,9 @@ def recipe_for_regate(run_dir: Path | None, recipe_path: Path | None, overrides:
         except json.JSONDecodeError as exc:
             raise BadInput(f"{run_json}: not valid JSON ({exc})") from None
         data = apply_overrides(recorded["recipe"], overrides)
-        recipe = recipe_from_dict(data, base_dir=Path(recorded.get("recipe_dir") or run_dir), source=str(run_json))
+        recipe = recipe_from_dict(
+            data, base_dir=Path(recorded.get("recipe_dir") or run_dir), source=f"the recipe recorded in {run_json}", overrides=overrides
+        )
     if only_targets:
         names = [t.name for t in recipe.targets]
         unknown = [n for n in only_targets if n not in names]

@@ -17,21 +17,33 @@ class Strict(BaseModel):
 
 
 class InputSpec(Strict):
-    """How the teacher expects its input: the student and the exported model inherit it."""
+    """How the teacher expects its input: the student and the exported model inherit it.
 
-    channels: Literal[1, 3]
-    size: Annotated[int, Field(gt=0, le=4096)]
-    mean: list[float]
-    std: list[float]
+    A recipe may leave out what the teacher's model file says (an ONNX input shape, pretrained weights' transforms):
+    edgedistill.models.teachers.complete_teacher_spec fills those keys, so every stage sees all four."""
+
+    channels: Literal[1, 3] | None = Field(None, description="1 (grayscale) or 3 (RGB); default: the model file's input shape")
+    size: Annotated[int, Field(gt=0, le=4096)] | None = Field(
+        None, description="side of the square input in pixels; default: the model file's input shape"
+    )
+    mean: list[float] | None = Field(None, description="per-channel mean of pixels/255; default: the model file's metadata")
+    std: list[float] | None = Field(None, description="per-channel std of pixels/255; default: the model file's metadata")
 
     @model_validator(mode="after")
     def _per_channel(self) -> InputSpec:
         for key in ("mean", "std"):
-            if len(getattr(self, key)) != self.channels:
+            values = getattr(self, key)
+            if values is not None and self.channels is not None and len(values) != self.channels:
                 raise ValueError(f"{key} needs {self.channels} value(s), one per channel")
-        if any(s <= 0 for s in self.std):
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} value(s) but std has {len(self.std)}; give one per channel")
+        if any(s <= 0 for s in self.std or []):
             raise ValueError("std values must be positive")
         return self
+
+    def missing(self) -> list[str]:
+        """The keys neither the recipe nor (yet) the model file gave."""
+        return [key for key in ("channels", "size", "mean", "std") if getattr(self, key) is None]
 
 
 class TeacherSpec(Strict):
@@ -49,7 +61,9 @@ class TeacherSpec(Strict):
     )
     trust_checkpoint: bool = Field(False, description="allow unpickling Python objects from weights; this runs code from the file")
     input: InputSpec | None = Field(
-        None, description="required unless the model says it (ONNX input shape + mean/std metadata, pretrained weights)"
+        None,
+        description="channels, size, mean, std: each required unless the model file says it "
+        "(ONNX input shape and mean/std metadata, pretrained weights); give only what it lacks",
     )
     num_classes: Annotated[int, Field(ge=2)] | None = Field(None, description="required unless class_names or the model says it")
     class_names: list[str] | None = None
@@ -212,8 +226,19 @@ class EvalSpec(Strict):
     limit: Annotated[int, Field(gt=0)] | None = None
 
 
+LATENCY_BUDGET_DESCRIPTION = (
+    "milliseconds at batch 1, judged per round: the median of the rounds' {figure} and an interval around it; pass "
+    "when the whole interval is within the limit, fail when it is all beyond, else inconclusive (exit 5)"
+)
+
+
 class Budget(Strict):
-    p99_ms: Annotated[float, Field(gt=0)] | None = None
+    """Limits a target must meet; docs/ci.md says how each is judged and what the exit codes are."""
+
+    p50_ms: Annotated[float, Field(gt=0)] | None = Field(None, description=LATENCY_BUDGET_DESCRIPTION.format(figure="median latency"))
+    p90_ms: Annotated[float, Field(gt=0)] | None = Field(None, description=LATENCY_BUDGET_DESCRIPTION.format(figure="90th percentile"))
+    p99_ms: Annotated[float, Field(gt=0)] | None = Field(None, description=LATENCY_BUDGET_DESCRIPTION.format(figure="99th percentile"))
+    mean_ms: Annotated[float, Field(gt=0)] | None = Field(None, description=LATENCY_BUDGET_DESCRIPTION.format(figure="mean latency"))
     min_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
     max_unreadable: Annotated[int, Field(ge=0)] | None = Field(
@@ -223,6 +248,12 @@ class Budget(Strict):
         None,
         description="fp32 minus INT8 student accuracy (teacher agreement without labels): on this target when "
         "its precision is int8, else student.int8.onnx on ONNX Runtime CPU",
+    )
+    max_output_diff: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="largest |logit difference| between this target and the PyTorch fp32 student on the same inputs"
+    )
+    min_agreement_with_fp32: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="share of inputs where this target's top-1 class is the PyTorch fp32 student's"
     )
 
 
@@ -234,6 +265,12 @@ class Int8Spec(Strict):
 
 class ExportSpec(Strict):
     int8: Int8Spec = Int8Spec()
+    teacher: bool = Field(
+        True, description="export the teacher to teacher.onnx too, so each target times it for the deployment table's speed-ups"
+    )
+    fp16: bool = Field(
+        True, description="write student.fp16.onnx when a target's runtime runs an fp16 file (openvino) at precision fp16 or in also_time"
+    )
 
 
 class TargetSpec(Strict):
@@ -244,9 +281,18 @@ class TargetSpec(Strict):
         description="ONNX Runtime execution providers in order of preference: "
         "cpu, cuda, tensorrt (or ORT's names, e.g. CUDAExecutionProvider)",
     )
-    threads: Annotated[int, Field(ge=0)] = 0
-    warmup: Annotated[int, Field(ge=0)] = 20
-    iterations: Annotated[int, Field(gt=0)] = 200
+    threads: Annotated[int, Field(ge=0)] = Field(
+        1,
+        description="intra-op threads of the CPU runtimes (onnxruntime's CPU provider, openvino); 1 keeps latency "
+        "independent of core count and of other load on the machine; 0 = all cores (the runtime's own default)",
+    )
+    warmup: Annotated[int, Field(ge=0)] = Field(10, description="untimed calls before each round")
+    iterations: Annotated[int, Field(gt=0)] = Field(200, description="timed calls at batch 1 in all rounds together")
+    rounds: Annotated[int, Field(ge=1, le=100)] = Field(
+        5,
+        description="rounds the timed calls are split into, each after its warmup; latency budgets are judged on the "
+        "median of the rounds with an interval from them (1: a single measurement, never inconclusive)",
+    )
     budget: Budget = Budget()
     ssh: str | None = Field(None, description="validate on this device over SSH: host, user@host or a Host alias of your ssh config")
     ssh_config: Path | None = Field(None, description="ssh config file (default: ~/.ssh/config), relative to the recipe")
@@ -258,6 +304,14 @@ class TargetSpec(Strict):
     remote_python: str = Field("python3", description="Python with onnxruntime on the device (runtime onnxruntime over ssh)")
     trtexec: str = Field("/usr/src/tensorrt/bin/trtexec", description="trtexec on the device (JetPack's default path)")
     timeout_s: Annotated[float, Field(gt=0)] = Field(600, description="limit for each step on the device: upload, engine build, one run")
+    also_time: list[Literal["teacher", "fp32", "int8", "fp16"]] = Field(
+        ["teacher", "fp32", "int8", "fp16"],
+        description="other models this target also measures for the deployment table, ungated: the teacher, the student "
+        "at other precisions; those the run has and the runtime runs. [] measures only the gated model",
+    )
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
+        [1, 8, 32], description="batch-size sweep of the gated model; throughput is reported at the largest"
+    )
 
     def resolved(self, recipe: Recipe) -> TargetSpec:
         """ssh_config and known_hosts are relative to the recipe file, like every other path in it."""

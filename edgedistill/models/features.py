@@ -27,6 +27,10 @@ class ExternalModel(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def feature_description(self) -> str:
+        """What this model hands to feature_sink, in words for the run log: by default its logits."""
+        return "logits (no named layers)"
+
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
     """The stem: the first nn.Conv2d in registration order, which is the first applied in every common backbone."""
@@ -53,6 +57,14 @@ def set_feature_layer(model: nn.Module, layer: str | None) -> nn.Module:
 
 def feature_layer_of(model: nn.Module) -> str | None:
     return getattr(model, FEATURE_LAYER_ATTR, None)
+
+
+def describe_feature_layer(model: nn.Module) -> str:
+    """The layer the feature loss taps on `model` (FeatureTap's choice), named for the run log and student.json."""
+    if isinstance(model, ExternalModel):
+        return model.feature_description()
+    layer = feature_layer_of(model)
+    return layer if layer is not None else f"{classifier_layer(model)[0]} (its input)"
 
 
 _NODE_NAMES: weakref.WeakKeyDictionary[nn.Module, tuple[list[str], list[str]] | None] = weakref.WeakKeyDictionary()

@@ -14,15 +14,22 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from .report import (
     EXIT_BUDGET_FAILED,
+    EXIT_INCONCLUSIVE,
     EXIT_PASSED,
     EXIT_TARGET_UNAVAILABLE,
-    device_label,
+    deployment_rows,
     exit_code,
     format_figure,
+    gate_headline,
+    gate_notes,
+    recommendation_lines,
+    target_verdict,
     throughput_rows,
     verdict_message,
+    verdict_of,
 )
 
+_JUNIT_KIND = {"pass": None, "fail": "failure", "inconclusive": "skipped"}
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -31,7 +38,8 @@ def _clean(text: object) -> str:
 
 
 def junit_xml(report: dict) -> str:
-    """One testcase per target and budget (classname = target); failed budgets are <failure>, unmeasured ones <error>."""
+    """One testcase per target and budget (classname = target): failed budgets are <failure>, unmeasured ones <error>,
+    inconclusive ones <skipped> (the gate could not tell); a report without targets is one skipped testcase."""
     targets = report.get("targets", [])
     cases = []
     for target in targets:
@@ -41,9 +49,12 @@ def junit_xml(report: dict) -> str:
         elif not target.get("verdicts"):
             cases.append((target["name"], "available", None, "measured; no budgets set"))
         else:
-            cases += [(target["name"], v["budget"], None if v["passed"] else "failure", verdict_message(v)) for v in target["verdicts"]]
+            cases += [(target["name"], v["budget"], _JUNIT_KIND[verdict_of(v)], verdict_message(v)) for v in target["verdicts"]]
+    if not targets:
+        cases.append(("edgedistill", "gate", "skipped", "nothing gated: the recipe has no targets"))
     failures = sum(kind == "failure" for *_, kind, _ in cases)
     errors = sum(kind == "error" for *_, kind, _ in cases)
+    skipped = sum(kind == "skipped" for *_, kind, _ in cases)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     root = ET.Element("testsuites", name="edgedistill", tests=str(len(cases)), failures=str(failures), errors=str(errors), time="0")
     suite = ET.SubElement(
@@ -53,7 +64,7 @@ def junit_xml(report: dict) -> str:
         tests=str(len(cases)),
         failures=str(failures),
         errors=str(errors),
-        skipped="0",
+        skipped=str(skipped),
         time="0",
         timestamp=stamp,
     )
@@ -71,6 +82,8 @@ def junit_xml(report: dict) -> str:
             ET.SubElement(case, "failure", message=_clean(message), type="BudgetFailed").text = _clean(message)
         elif kind == "error":
             ET.SubElement(case, "error", message=_clean(message), type="TargetUnavailable").text = _clean(message)
+        elif kind == "skipped":
+            ET.SubElement(case, "skipped", message=_clean(message)).text = _clean(message)
         else:
             ET.SubElement(case, "system-out").text = _clean(message)
     ET.indent(root)
@@ -89,12 +102,41 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+_HEADLINE_MARK = {EXIT_PASSED: "✅", EXIT_BUDGET_FAILED: "❌", EXIT_TARGET_UNAVAILABLE: "⚠️", EXIT_INCONCLUSIVE: "❔"}
+_VERDICT_MARK = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "❔ inconclusive"}
+
+
+def _gate_notes(report: dict) -> list[str]:
+    """What an inconclusive verdict or a noisy measurement means, and how to retry, under the budget table."""
+    notes = [
+        f"{'❔' if command else '~'} {_cell(name)}: {_cell(text)}" + (f": `{_cell(command)}`" if command else "")
+        for name, text, command in gate_notes(report)
+    ]
+    return ["", *notes] if notes else []
+
+
+_VERDICT_CELL = {
+    "unavailable": "⚠️ unavailable",
+    "fail": "❌ fail",
+    "inconclusive": "❔ inconclusive",
+    "pass": "✅ pass",
+    "no budgets": "no budgets",
+}
+
+
+def _kib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:,.0f} KiB"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
 def summary_markdown(report: dict) -> str:
     """A table for $GITHUB_STEP_SUMMARY (or any CI job page that renders markdown)."""
     code = exit_code(report)
-    headline = {EXIT_PASSED: "✅ all budgets met", EXIT_BUDGET_FAILED: "❌ budget failed", EXIT_TARGET_UNAVAILABLE: "⚠️ target unavailable"}[
-        code
-    ]
+    words = gate_headline(report)
+    headline = f"{'➖' if words.startswith('nothing gated') else _HEADLINE_MARK[code]} {words}"
     teacher, student, evaluation = report.get("teacher", {}), report.get("student", {}), report.get("eval", {})
     lines = [f"### edgedistill `{_cell(report.get('name', ''))}`: {headline} (exit {code})", ""]
     if student:
@@ -106,14 +148,25 @@ def summary_markdown(report: dict) -> str:
             f"{', labeled' if evaluation.get('labeled') else ', teacher agreement only'}).",
             "",
         ]
-    lines += ["| target | device | runtime | accuracy | agreement | p50 ms | p99 ms | result |", "|---|---|---|--:|--:|--:|--:|---|"]
-    for t in report.get("targets", []):
-        latency = t.get("latency") or {}
-        result = "⚠️ unavailable" if t.get("error") else ("✅ pass" if t.get("passed") else "❌ fail")
+    gated = {t["name"]: t for t in report.get("targets", [])}
+    lines += [
+        "| target | device | model | runtime | accuracy | agreement | p50 ms | p99 ms | images/s | size | speed-up | result |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in deployment_rows(report):
+        t = gated.get(row["target"], {})
+        if row["gated"]:
+            result = _VERDICT_CELL[target_verdict(t)]
+        else:
+            result = "⚠️ not measured" if row["error"] else "not gated"
+        rate = "-" if row["throughput_per_s"] is None else f"{row['throughput_per_s']:,.0f} (batch {row['throughput_batch']})"
         lines.append(
-            f"| {_cell(t['name'])} | {_cell(device_label(t))} | {_cell(t['runtime'])} | {_percent(t.get('accuracy'))} | "
-            f"{_percent(t.get('agreement'))} | {_ms(latency.get('p50_ms'))} | {_ms(latency.get('p99_ms'))} | {result} |"
+            f"| {_cell(row['target'])} | {_cell(row['device'])} | {row['model']} {row['precision']} | {_cell(row['runtime'])} | "
+            f"{_percent(row['accuracy'])} | {_percent(row['agreement'])} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {rate} | "
+            f"{_kib(row['bytes'])} | {_times(row['speedup'])} | {result} |"
         )
+    lines += [f"\nRecommended: {line}" for line in recommendation_lines(report)]
+    lines += [f"\n⚠️ **Warning:** {_cell(w)}" for w in report.get("warnings") or []]
     lines += ["", "| target | budget | measured | limit | result |", "|---|---|--:|--:|---|"]
     for t in report.get("targets", []):
         if t.get("error"):
@@ -122,10 +175,13 @@ def summary_markdown(report: dict) -> str:
         for v in t.get("verdicts", []):
             lines.append(
                 f"| {_cell(t['name'])} | {v['budget']} | {format_figure(v['budget'], v['measured'])} | "
-                f"{format_figure(v['budget'], v['limit'])} | {'✅ pass' if v['passed'] else '❌ fail'} ({_cell(v['basis'])}) |"
+                f"{format_figure(v['budget'], v['limit'])} | {_VERDICT_MARK[verdict_of(v)]} ({_cell(v['basis'])}) |"
             )
         if not t.get("verdicts"):
             lines.append(f"| {_cell(t['name'])} | - | - | - | no budgets set |")
+    if not report.get("targets"):
+        lines.append("| - | - | - | - | ➖ nothing gated: the recipe has no targets |")
+    lines += _gate_notes(report)
     rates = throughput_rows(report)
     if rates:
         lines += ["", "| stage | images/s | ceiling | ratio |", "|---|--:|---|--:|"]

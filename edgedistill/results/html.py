@@ -17,7 +17,18 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import BadInput
-from .report import device_label, exit_code, format_figure, throughput_rows, verdict_message
+from .report import (
+    deployment_rows,
+    device_label,
+    exit_code,
+    format_figure,
+    gate_headline,
+    gate_notes,
+    recommendation_lines,
+    throughput_rows,
+    verdict_message,
+    verdict_of,
+)
 from .selection import load_selection
 
 GRID_CLASSES = 20
@@ -185,7 +196,8 @@ def _esc(value: object) -> str:
     return html.escape("-" if value is None else str(value))
 
 
-def _verdict_rows(targets: list[dict]) -> str:
+def _verdict_rows(report: dict) -> str:
+    targets = report.get("targets", [])
     rows = []
     for t in targets:
         if t.get("error"):
@@ -195,32 +207,74 @@ def _verdict_rows(targets: list[dict]) -> str:
                 f"<td>unavailable: {_esc(t['error'])}</td></tr>"
             )
         for v in t.get("verdicts", []):
-            css = "pass" if v["passed"] else "fail"
+            state = verdict_of(v)
             rows.append(
-                f'<tr class="{css}"><td>{_esc(t["name"])}</td><td>{_esc(v["budget"])}</td>'
+                f'<tr class="{state}"><td>{_esc(t["name"])}</td><td>{_esc(v["budget"])}</td>'
                 f"<td>{_esc(format_figure(v['budget'], v['measured']))}</td><td>{_esc(format_figure(v['budget'], v['limit']))}</td>"
-                f"<td>{'pass' if v['passed'] else 'FAIL'}: {_esc(verdict_message(v))}</td></tr>"
+                f"<td>{_VERDICT_WORD[state]}: {_esc(verdict_message(v))}</td></tr>"
             )
         if not t.get("error") and not t.get("verdicts"):
             rows.append(f'<tr><td>{_esc(t["name"])}</td><td colspan="4">no budgets set</td></tr>')
+    if not targets:
+        rows.append('<tr><td colspan="5">nothing gated: the recipe has no targets</td></tr>')
+    for name, text, command in gate_notes(report):
+        css = ' class="inconclusive"' if command else ""
+        shown = _esc(text) + (f": <code>{_esc(command)}</code>" if command else "")
+        rows.append(f'<tr{css}><td>{_esc(name)}</td><td colspan="4">{shown}</td></tr>')
     return "".join(rows)
 
 
-def _target_rows(targets: list[dict]) -> str:
+_VERDICT_WORD = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _deployment_rows(report: dict) -> str:
+    """Teacher and student at each precision on each target, with speed-ups and the comparison against PyTorch."""
+    facts_of = {t["name"]: t.get("facts") or {} for t in report.get("targets", [])}
     rows = []
-    for t in targets:
-        latency = t.get("latency") or {}
-        facts = t.get("facts") or {}
+    for r in deployment_rows(report):
+        facts = facts_of.get(r["target"], {}) if r["gated"] else {}
         shown = "; ".join(f"{k}: {facts[k]}" for k in SHOWN_FACTS if facts.get(k) not in (None, "", []))
-        percent = lambda v: "-" if v is None else f"{v:.2%}"
+        c = r.get("comparison") or {}
+        versus = "-" if not c else f"top-1 {c['top1_agreement']:.2%}, max |diff| {c['max_abs_diff']:.2g}"
+        rate = "-" if r["throughput_per_s"] is None else f"{r['throughput_per_s']:,.0f} (batch {r['throughput_batch']})"
+        times = lambda v: "-" if v is None else f"{v:.1f}x"
+        size = "-" if r["bytes"] is None else f"{r['bytes'] / 1024:,.0f} KiB"
+        css = ' class="error"' if r["error"] else (' class="teacher"' if r["model"] == "teacher" else "")
         rows.append(
-            f"<tr><td>{_esc(t['name'])}</td><td>{_esc(t['runtime'])}</td><td>{_esc(device_label(t))}</td>"
-            f"<td>{percent(t.get('accuracy'))}</td><td>{percent(t.get('agreement'))}</td>"
-            f"<td>{_esc(format_figure('p50_ms', latency.get('p50_ms')))}</td>"
-            f"<td>{_esc(format_figure('p99_ms', latency.get('p99_ms')))}</td>"
-            f'<td class="facts">{_esc(shown or t.get("error"))}</td></tr>'
+            f"<tr{css}><td>{_esc(r['target'])}</td><td>{_esc(r['model'])} {_esc(r['precision'])}"
+            f"{' (gated)' if r['gated'] else ''}</td><td>{_esc(r['runtime'])}</td><td>{_esc(r['device'])}</td>"
+            f"<td>{_percent(r['accuracy'])}</td><td>{_percent(r['agreement'])}</td>"
+            f"<td>{_esc(format_figure('p50_ms', r['p50_ms']))}</td><td>{_esc(format_figure('p99_ms', r['p99_ms']))}</td>"
+            f"<td>{rate}</td><td>{size}</td>"
+            f"<td>{times(r['speedup'])}</td><td>{times(r['throughput_speedup'])}</td><td>{_esc(versus)}</td>"
+            f'<td class="facts">{_esc(shown or r["error"] or "")}</td></tr>'
         )
-    return "".join(rows)
+    return (
+        "<table><tr><th>target</th><th>model</th><th>runtime</th><th>device</th><th>accuracy</th><th>agreement</th>"
+        "<th>p50</th><th>p99</th><th>images/s</th><th>size</th><th>speed-up (p50)</th><th>speed-up (images/s)</th>"
+        f"<th>vs PyTorch student</th><th>facts</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _batch_sweep(targets: list[dict]) -> str:
+    """Each gated model's latency and throughput per batch size."""
+    rows = [
+        f"<tr><td>{_esc(t['name'])}</td><td>{b['batch']}</td><td>{_esc(format_figure('p50_ms', b['p50_ms']))}</td>"
+        f"<td>{_esc(format_figure('p99_ms', b['p99_ms']))}</td><td>{b['throughput_per_s']:,.0f}</td></tr>"
+        for t in targets
+        for b in t.get("batch_sweep") or []
+    ]
+    if not rows:
+        return ""
+    return (
+        "<h2>Batch sizes</h2><table><tr><th>target</th><th>batch</th><th>p50</th><th>p99</th><th>images/s</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _coverage_table(coverage: list[dict], names: list[str]) -> str:
@@ -254,9 +308,11 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f2f4f7}tr.pass td:last-child{color:#116611}
 tr.fail td,tr.error td,tr.covered-poorly td{background:#fde8e8}tr.covered-thinly td{background:#fff6e0}
+tr.teacher td{color:#555}.warning{background:#fff3cd;border:1px solid #e0b400;padding:6px 10px}
 td.facts{font-size:11px;color:#555;max-width:420px}img{max-width:100%;display:block;margin:6px 0}
 .verdict{display:inline-block;padding:3px 10px;border-radius:4px;color:#fff;font-weight:600}
-.v0{background:#1b7f3b}.v3{background:#c62828}.v4{background:#b26a00}.muted{color:#666;font-size:13px}
+.v0{background:#1b7f3b}.v3{background:#c62828}.v4{background:#b26a00}.v5{background:#5e5e9e}.vnothing{background:#777}
+tr.inconclusive td{background:#ececf8}.muted{color:#666;font-size:13px}
 """
 
 
@@ -286,29 +342,38 @@ def build_report_html(run_dir: Path) -> str:
     k = len(selection.get("pool_predicted_per_class") or selection.get("selected_per_class") or [])
     names = _class_names(run_dir, k)
     code = exit_code(report)
-    verdict = {0: "all budgets met", 3: "budget failed", 4: "target unavailable"}[code]
+    verdict = gate_headline(report)
     teacher, student, evaluation, parity = (report.get(key) or {} for key in ("teacher", "student", "eval", "parity"))
 
     sections = [
         f"<h1>edgedistill report: {_esc(report.get('name'))}</h1>",
-        f'<p><span class="verdict v{code}">{verdict} (exit {code})</span></p>',
+        f'<p><span class="verdict v{"nothing" if verdict.startswith("nothing gated") else code}">{verdict} (exit {code})</span></p>',
     ]
+    sections += [f'<p class="warning">Warning: {_esc(w)}</p>' for w in report.get("warnings") or []]
     if student:
+        ran_in = f" (run in {_esc(teacher['runtime'])})" if teacher.get("runtime") else ""
         sections.append(
             f"<p>Student <b>{_esc(student.get('arch'))}</b>: {student.get('parameters', 0):,} parameters, "
             f"{student.get('onnx_bytes', 0) / 1024:.0f} KiB ONNX{_kept(student)}. Teacher <b>{_esc(teacher.get('arch'))}</b>: "
             f"{teacher.get('parameters', 0):,} parameters, accuracy "
-            f"{'-' if teacher.get('accuracy') is None else format(teacher['accuracy'], '.2%')}. "
+            f"{'-' if teacher.get('accuracy') is None else format(teacher['accuracy'], '.2%')}{ran_in}. "
             f"Eval set: {_esc(evaluation.get('name'))} ({_esc(evaluation.get('samples'))} images). "
-            f"ONNX vs PyTorch: top-1 agreement {_esc(parity.get('top1_agreement'))}, "
+            + (
+                f"Feature loss: teacher layer <code>{_esc(teacher['feature_layer'])}</code>, student layer "
+                f"<code>{_esc(student.get('feature_layer'))}</code>. "
+                if teacher.get("feature_layer")
+                else ""
+            )
+            + f"ONNX vs PyTorch: top-1 agreement {_esc(parity.get('top1_agreement'))}, "
             f"max |diff| {_esc(None if parity.get('max_abs_diff') is None else format(parity['max_abs_diff'], '.2g'))}.</p>"
         )
     sections += [
         "<h2>Budgets</h2>",
-        f"<table><tr><th>target</th><th>budget</th><th>measured</th><th>limit</th><th>verdict</th></tr>{_verdict_rows(targets)}</table>",
-        "<h2>Targets</h2>",
-        "<table><tr><th>target</th><th>runtime</th><th>device</th><th>accuracy</th><th>agreement</th>"
-        f"<th>p50</th><th>p99</th><th>facts</th></tr>{_target_rows(targets)}</table>",
+        f"<table><tr><th>target</th><th>budget</th><th>measured</th><th>limit</th><th>verdict</th></tr>{_verdict_rows(report)}</table>",
+        "<h2>Deployment</h2>",
+        _deployment_rows(report),
+        *[f"<p>Recommended: {_esc(line)}</p>" for line in recommendation_lines(report)],
+        _batch_sweep(targets),
     ]
     rates = throughput_rows(report)
     if rates:

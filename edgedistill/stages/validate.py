@@ -13,6 +13,7 @@ from torch import nn
 
 from ..atomic import atomic_write_json
 from ..backends import RUNTIMES, check_target, create_runner
+from ..backends.base import DEFAULT_ROUNDS, LatencyStats, time_rounds
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..config.schema import Budget, InputSpec, TargetSpec
 from ..errors import BadInput, EdgeDistillError
@@ -22,8 +23,6 @@ from ..models.onnx_info import onnx_info
 from ..results.gate import GATE_FILES, write_gate_files
 from ..results.report import Report, TargetResult, target_entry
 from ..results.rundir import RunDir, package_versions
-
-THROUGHPUT_BATCH = 64
 
 
 def predict_torch(model: nn.Module, images: np.ndarray, spec: InputSpec, batch: int = 512) -> np.ndarray:
@@ -38,16 +37,58 @@ def predict_torch(model: nn.Module, images: np.ndarray, spec: InputSpec, batch: 
         )
 
 
+LATENCY_FIGURES = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency", "mean_ms": "mean latency"}
+COMPARISON_BASIS = "vs the PyTorch fp32 student on the same inputs"
+# budgets that need a teacher or the PyTorch student, which `validate MODEL.onnx` has not
+REFERENCE_BUDGETS = ("max_accuracy_drop", "max_int8_drop", "max_output_diff", "min_agreement_with_fp32")
+
+
+def _verdict(budget: str, limit: float, measured: float | None, verdict: str, basis: str, **extra: object) -> dict:
+    """A verdict dict: `verdict` is pass, fail or inconclusive; `passed` (what readers before `verdict` existed use) is
+    true only for pass, so an inconclusive budget never reads as met."""
+    return {
+        "budget": budget,
+        "limit": limit,
+        "measured": measured,
+        **extra,
+        "verdict": verdict,
+        "passed": verdict == "pass",
+        "basis": basis,
+    }
+
+
+def _pass_or_fail(ok: bool) -> str:
+    return "pass" if ok else "fail"
+
+
+def latency_verdict(budget: str, limit: float, latency: LatencyStats) -> dict:
+    """The median of the rounds' figure with its interval (median_interval): pass when the whole interval is within the
+    limit, fail when all of it is beyond, inconclusive when it straddles the limit (the machine was too noisy to tell),
+    or when it is beyond but other processes left the model less than a core (LatencyStats.contended)."""
+    median, low, high, coverage = latency.gate_figure(budget)
+    verdict = "pass" if high <= limit else "fail" if low > limit else "inconclusive"
+    basis = f"{LATENCY_FIGURES[budget]} at batch 1"
+    if latency.rounds > 1:
+        basis += f": median of {latency.rounds} rounds, {coverage:.0%} interval {low:.4g}-{high:.4g} ms"
+    if verdict == "fail" and latency.contended:  # load only slows a model down: a pass stands, a fail may be the machine's
+        verdict = "inconclusive"
+        basis += f"; other processes kept {latency.busy_elsewhere_cores:.1f} cores busy meanwhile, so the machine may be what was slow"
+    return _verdict(budget, limit, median, verdict, basis, interval=[low, high], rounds=latency.rounds)
+
+
 def budget_verdicts(
     budget: Budget,
-    p99_ms: float,
+    latency: LatencyStats | None,
     accuracy: float | None,
     teacher_accuracy: float | None,
     agreement: float | None,
     int8_drop: tuple[float, str] | None = None,
     unreadable: int = 0,
+    *,
+    comparison: dict | None = None,
 ) -> list[dict]:
-    """One verdict per budget; without labels, accuracy budgets are judged on teacher agreement."""
+    """One verdict per budget; without labels, accuracy budgets are judged on teacher agreement. Latency budgets are
+    judged across rounds (latency_verdict); `comparison` is compare_outputs' dict, None when no PyTorch reference ran."""
     measured_acc = accuracy if accuracy is not None else agreement
     basis = "accuracy" if accuracy is not None else "teacher agreement"
     if accuracy is not None and teacher_accuracy is not None:
@@ -55,57 +96,68 @@ def budget_verdicts(
     else:
         drop = 1.0 - agreement if agreement is not None else None
     verdicts = []
-    if budget.p99_ms is not None:
-        verdicts.append(
-            {
-                "budget": "p99_ms",
-                "limit": budget.p99_ms,
-                "measured": p99_ms,
-                "passed": p99_ms <= budget.p99_ms,
-                "basis": "latency at batch 1",
-            }
-        )
+    for name in LATENCY_FIGURES:
+        limit = getattr(budget, name)
+        if limit is not None:
+            verdicts.append(
+                latency_verdict(name, limit, latency) if latency else _verdict(name, limit, None, "fail", "latency not measured")
+            )
     if budget.min_accuracy is not None:
         verdicts.append(
-            {
-                "budget": "min_accuracy",
-                "limit": budget.min_accuracy,
-                "measured": measured_acc,
-                "passed": measured_acc >= budget.min_accuracy,
-                "basis": basis,
-            }
+            _verdict("min_accuracy", budget.min_accuracy, measured_acc, _pass_or_fail(measured_acc >= budget.min_accuracy), basis)
         )
     if budget.max_accuracy_drop is not None:
         verdicts.append(
-            {
-                "budget": "max_accuracy_drop",
-                "limit": budget.max_accuracy_drop,
-                "measured": drop,
-                "passed": drop <= budget.max_accuracy_drop,
-                "basis": f"teacher minus student {basis}",
-            }
+            _verdict(
+                "max_accuracy_drop",
+                budget.max_accuracy_drop,
+                drop,
+                _pass_or_fail(drop <= budget.max_accuracy_drop),
+                f"teacher minus student {basis}",
+            )
         )
     if budget.max_unreadable is not None:
         verdicts.append(
-            {
-                "budget": "max_unreadable",
-                "limit": budget.max_unreadable,
-                "measured": unreadable,
-                "passed": unreadable <= budget.max_unreadable,
-                "basis": "files of the evaluation set that could not be read",
-            }
+            _verdict(
+                "max_unreadable",
+                budget.max_unreadable,
+                unreadable,
+                _pass_or_fail(unreadable <= budget.max_unreadable),
+                "files of the evaluation set that could not be read",
+            )
         )
     if budget.max_int8_drop is not None:
         measured, int8_basis = int8_drop if int8_drop is not None else (None, "no INT8 model was measured")
         verdicts.append(
-            {
-                "budget": "max_int8_drop",
-                "limit": budget.max_int8_drop,
-                "measured": measured,
-                "passed": measured is not None and measured <= budget.max_int8_drop,
-                "basis": int8_basis,
-            }
+            _verdict(
+                "max_int8_drop",
+                budget.max_int8_drop,
+                measured,
+                _pass_or_fail(measured is not None and measured <= budget.max_int8_drop),
+                int8_basis,
+            )
         )
+    for name, key, within in (
+        ("max_output_diff", "max_abs_diff", lambda m, limit: m <= limit),
+        ("min_agreement_with_fp32", "top1_agreement", lambda m, limit: m >= limit),
+    ):
+        limit = getattr(budget, name)
+        if limit is None:
+            continue
+        measured = (comparison or {}).get(key)
+        if measured is None:
+            verdicts.append(_verdict(name, limit, None, "fail", "not measured: no PyTorch fp32 student ran on this target's inputs"))
+        else:
+            samples = comparison.get("samples")
+            verdicts.append(
+                _verdict(
+                    name,
+                    limit,
+                    measured,
+                    _pass_or_fail(within(measured, limit)),
+                    f"{key} {COMPARISON_BASIS}" + (f" ({samples} images)" if samples else ""),
+                )
+            )
     return verdicts
 
 
@@ -152,12 +204,17 @@ def validate_target(
     *,
     int8_reference: Int8Reference | None = None,
     duration_s: float | None = None,
+    reference_logits: np.ndarray | None = None,
+    sweep: bool = True,
+    engine_path: Path | None = None,
 ) -> TargetResult:
     """Runs the exported model on one target; a target that fails to run is recorded, not fatal for the others.
 
     Without teacher predictions (a model validated on its own) agreement stays None; an empty eval set
     measures latency only. `duration_s` times batch 1 for that long instead of `target.iterations` calls
-    (local onnxruntime and tensorrt runners only).
+    (local onnxruntime and tensorrt runners only). `reference_logits` (the PyTorch fp32 student's on the same images)
+    make the cross-runtime comparison; `sweep` times every one of `target.batch_sizes`, else only the largest;
+    `engine_path` receives the engine plan a TensorRT runtime built.
     """
     result = TargetResult(target.name, target.runtime, precision=getattr(target, "precision", "fp32"))
     runner = None
@@ -171,22 +228,38 @@ def validate_target(
                 logits.append(runner.infer(x[i : i + chunk]))
                 if on_progress:
                     on_progress(len(x[i : i + chunk]))
-            pred = np.concatenate(logits).argmax(1)
+            logits = np.concatenate(logits)
+            pred = logits.argmax(1)
+            if reference_logits is not None:
+                result.comparison = compare_outputs(logits, reference_logits)
             if teacher_pred is not None:
                 result.agreement = float((pred == teacher_pred).mean())
             if eval_set.labels is not None:
                 result.accuracy = float((pred == eval_set.labels).mean())
-        latency = runner.time(1, target.warmup, target.iterations, **({"duration_s": duration_s} if duration_s else {}))
+        latency = time_rounds(runner, 1, target.warmup, target.iterations, target.rounds, duration_s)
         result.latency = latency.as_dict()
         result.latency_samples_ms = [round(float(v), 5) for v in latency.samples_ms]
-        result.throughput = runner.time(
-            min(THROUGHPUT_BATCH, len(x) or THROUGHPUT_BATCH), max(1, target.warmup // 4), max(10, target.iterations // 10)
-        ).as_dict()
+        batches = sorted(set(target.batch_sizes)) if sweep else [max(target.batch_sizes)]
+        fixed = onnx_info(model).batch if model.suffix == ".onnx" else None
+        batches = [fixed] if fixed else batches  # a model exported for one batch size runs only that one
+        for b in batches:
+            stats = latency if b == 1 else runner.time(b, max(1, target.warmup // 4), max(10, target.iterations // 10))
+            result.batch_sweep.append({k: getattr(stats, k) for k in ("batch", "p50_ms", "p99_ms", "throughput_per_s")})
+        result.throughput = {"batch": result.batch_sweep[-1]["batch"], "throughput_per_s": result.batch_sweep[-1]["throughput_per_s"]}
         result.facts = runner.facts()
+        if engine_path is not None and runner.save_engine(engine_path):
+            result.facts["engine_plan"] = engine_path.name
         int8_drop = _int8_drop(result, int8_reference)
         result.int8_drop = int8_drop[0] if int8_drop else None
         result.verdicts = budget_verdicts(
-            target.budget, latency.p99_ms, result.accuracy, teacher_accuracy, result.agreement, int8_drop, len(eval_set.unreadable)
+            target.budget,
+            latency,
+            result.accuracy,
+            teacher_accuracy,
+            result.agreement,
+            int8_drop,
+            len(eval_set.unreadable),
+            comparison=result.comparison,
         )
     except EdgeDistillError as exc:
         if exc.exit_code == 2:
@@ -196,6 +269,23 @@ def validate_target(
         if runner is not None:
             runner.close()
     return result
+
+
+def compare_outputs(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """As polygraphy's comparator: how far a runtime's logits are from the PyTorch student's on the same images.
+
+    `max_rel_diff` is relative to the reference's largest |logit|, not elementwise: logits near zero would make an
+    elementwise ratio meaningless."""
+    diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+    scale = float(np.abs(reference).max()) or 1.0
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_rel_diff": float(diff.max() / scale),
+        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "samples": len(logits),
+        "reference": "PyTorch fp32 student",
+    }
 
 
 def _int8_drop(result: TargetResult, reference: Int8Reference | None) -> tuple[float, str] | None:
@@ -237,8 +327,8 @@ def validate_model_file(
     labeled: Path | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
-    threads: int = 0,
-    warmup: int = 20,
+    threads: int = 1,
+    warmup: int = 10,
     iterations: int = 200,
     precision: str = "fp32",
     providers: list[str] | None = None,
@@ -246,14 +336,20 @@ def validate_model_file(
     limit: int | None = None,
     duration_s: float | None = None,
     on_progress: Callable[[int], None] | None = None,
+    rounds: int = DEFAULT_ROUNDS,
 ) -> dict:
     """Gates any ONNX image classifier, not only edgedistill's: accuracy on a labeled folder, latency on one runtime.
 
     Writes report.json, latency_samples.json and the CI gate files to `out_dir`; returns the report.
     """
     model = Path(model)
-    if budget.max_accuracy_drop is not None or budget.max_int8_drop is not None:
-        raise BadInput("a model on its own has no teacher or fp32 reference; --budget takes p99_ms and min_accuracy here")
+    needs_reference = [name for name in REFERENCE_BUDGETS if getattr(budget, name) is not None]
+    if needs_reference:
+        usable = [name for name in Budget.model_fields if name not in REFERENCE_BUDGETS]
+        raise BadInput(
+            f"--budget {needs_reference[0]}: a model on its own has no teacher or PyTorch fp32 reference; "
+            f"--budget takes {', '.join(usable)} here"
+        )
     if runtime not in RUNTIMES:
         raise BadInput(f"--runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     if duration_s is not None and not RUNTIMES[runtime].timed_by_duration:
@@ -277,6 +373,7 @@ def validate_model_file(
             threads=threads,
             warmup=warmup,
             iterations=iterations,
+            rounds=rounds,
             budget=budget,
             precision=precision,
             providers=providers,

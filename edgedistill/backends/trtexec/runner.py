@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...atomic import atomic_path
 from ...errors import BadInput, TargetUnavailable
 from ...models.onnx_info import onnx_info
 from ..base import LatencyStats, Runner, machine_facts
@@ -186,6 +187,19 @@ class TrtexecRunner(HostRunner):
         """--exportTimes holds the warm-up queries up to TensorRT 8.4; later releases leave them out."""
         version = _version_tuple(run.trt_version or (self.build.trt_version if self.build else None))
         return (run.warmup_queries or 0) if not version or version < (8, 5) else 0
+
+    def save_engine(self, dest: Path) -> bool:
+        """The plan trtexec built (or took from the cache) on the target, fetched into `dest`."""
+        if self.build is None or not self.build.passed:
+            return False
+        with atomic_path(dest) as tmp:
+            self.host.get(self._path("model.engine"), tmp, timeout_s=self.target.timeout_s)
+        return True
+
+    def round_samples(self, batch: int, warmup: int, per_round: int, rounds: int, duration_s: float | None = None) -> list[np.ndarray]:
+        """Consecutive slices of one trtexec run: a trtexec process per round would load the engine again each time."""
+        samples = self.time(batch, warmup, per_round * rounds, duration_s).samples_ms
+        return [part for part in np.array_split(samples, rounds) if len(part)]
 
     def time(self, batch: int, warmup: int, iterations: int, duration_s: float | None = None) -> LatencyStats:
         if duration_s is not None:

@@ -47,21 +47,26 @@ def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -
     except BadInput as exc:
         raise BadInput(f"{where}: teacher: {exc}") from None
     said = {key: getattr(facts, key) for key in ("channels", "size", "mean", "std")}
-    if spec.input is None:
-        missing = [k for k, v in said.items() if v is None]
-        if missing:
-            raise BadInput(f"{where}: teacher.input: required key is missing; {facts.origin} does not say its {', '.join(missing)}")
-        try:
-            spec.input = InputSpec(**said)
-        except ValidationError as exc:
-            raise BadInput(f"{where}: teacher.input from {facts.origin}: {exc.errors()[0]['msg']}") from None
-    else:
-        for key, value in said.items():
-            if value is not None and not _same(getattr(spec.input, key), value):
-                raise BadInput(
-                    f"{where}: teacher.input.{key} is {getattr(spec.input, key)} but {facts.origin} says {value}; "
-                    "fix the recipe" + (" or drop teacher.input to use the model's" if None not in said.values() else "")
-                )
+    given = spec.input.model_dump(exclude_none=True) if spec.input is not None else {}
+    for key, value in said.items():
+        if key in given and value is not None and not _same(given[key], value):
+            raise BadInput(
+                f"{where}: teacher.input.{key} is {given[key]} but {facts.origin} says {value}; "
+                f"fix the recipe or drop teacher.input.{key} to use the model's"
+            )
+    merged = {key: given.get(key, value) for key, value in said.items()}
+    missing = [key for key, value in merged.items() if value is None]
+    if missing:
+        raise BadInput(
+            f"{where}: teacher.input: required key is missing: {', '.join(missing)}; {facts.origin} does not say "
+            f"{'it' if len(missing) == 1 else 'them'}, so add {' and '.join(f'teacher.input.{k}' for k in missing)} to the recipe"
+        )
+    try:
+        spec.input = InputSpec(**merged)
+    except ValidationError as exc:
+        from_file = [key for key in said if key not in given and said[key] is not None]
+        origin = f" (with {', '.join(from_file)} from {facts.origin})" if from_file else ""
+        raise BadInput(f"{where}: teacher.input{origin}: {exc.errors()[0]['msg']}") from None
     if facts.num_classes is None and facts.class_names:
         facts.num_classes = len(facts.class_names)
     if facts.num_classes is not None:
@@ -92,7 +97,7 @@ def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -
 
 def load_teacher_model(spec: TeacherSpec, weights: Path | None, search_path: Path | None = None) -> nn.Module:
     """The frozen teacher in eval mode, checked to map the recipe's input to num_classes logits."""
-    if spec.input is None or spec.num_classes is None:
+    if spec.input is None or spec.input.missing() or spec.num_classes is None:
         complete_teacher_spec(spec, weights, "teacher")
     model = teacher_format(spec.arch).load(spec, weights, search_path)
     model.eval()

@@ -184,6 +184,9 @@ class OnnxTeacher(ExternalModel):
     def parameter_count(self) -> int:
         return sum(math.prod(init.dims) for init in self._proto.graph.initializer)
 
+    def feature_description(self) -> str:
+        return f"ONNX tensor {self.feature_name}" if self.feature_name else "logits (no classifier input found)"
+
     def _output_names(self) -> list[str]:
         names = [self.graph.logits]
         if self.feature_name and self.feature_name != self.graph.logits:
