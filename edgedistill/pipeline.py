@@ -43,7 +43,7 @@ from .scale.distributed import barrier, broadcast_object, close_world, init_worl
 from .scale.throughput import bare_forward_rate, bare_step_rate
 from .stages.deployment import measure_target, models_to_time, recommend, student_warnings
 from .stages.distill import distill
-from .stages.export import check_parity, export_onnx, parity_dict
+from .stages.export import check_parity, export_onnx, first_line, parity_dict
 from .stages.fp16 import convert_fp16
 from .stages.quantize import quantize_int8
 from .stages.select import holdout_last, select_pool, split_selection
@@ -465,7 +465,7 @@ class Pipeline:
         try:
             export_onnx(self.teacher, r.teacher.input, self.run.artifact("teacher.onnx"), r.teacher.class_names)
         except Exception as exc:  # BadInput from our exporter, or anything torch.onnx raises for an unusual model
-            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            message = first_line(exc)
             self.console.print(f"[yellow]export: the teacher could not be exported to ONNX ({message}); no speed-ups", highlight=False)
             log.warning("export: teacher.onnx not written: %s", message)
             return {"error": message}

@@ -115,13 +115,7 @@ def _gate_notes(report: dict) -> list[str]:
     return ["", *notes] if notes else []
 
 
-_VERDICT_CELL = {
-    "unavailable": "⚠️ unavailable",
-    "fail": "❌ fail",
-    "inconclusive": "❔ inconclusive",
-    "pass": "✅ pass",
-    "no budgets": "no budgets",
-}
+_VERDICT_CELL = {**_VERDICT_MARK, "unavailable": "⚠️ unavailable", "no budgets": "no budgets"}
 
 
 def _kib(value: int | None) -> str:

@@ -53,8 +53,8 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, class_names: list
                 proto = _export_torchscript(model, spec, tmp)
             except Exception as exc:  # torch raises SymbolicValueError, UnsupportedOperatorError, RuntimeError...
                 if exporter == "torchscript":
-                    raise BadInput(f"the TorchScript ONNX exporter cannot export this model: {_first_line(exc)}") from None
-                log.info("export: TorchScript exporter failed (%s); using the dynamo exporter", _first_line(exc))
+                    raise BadInput(f"the TorchScript ONNX exporter cannot export this model: {first_line(exc)}") from None
+                log.info("export: TorchScript exporter failed (%s); using the dynamo exporter", first_line(exc))
         if proto is None:
             proto, used = _export_dynamo(model, spec, tmp), "dynamo"
         _add_metadata(proto, spec, class_names, used)
@@ -65,7 +65,8 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, class_names: list
     return path
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, at most 200 characters: what a one-line error or log entry shows of an exception."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
@@ -149,7 +150,7 @@ def _export_dynamo(model: nn.Module, spec: InputSpec, tmp: Path) -> onnx.ModelPr
                 verify=False,
             )
         except Exception as exc:
-            raise BadInput(f"neither ONNX exporter can export this model; dynamo: {_first_line(exc)}") from None
+            raise BadInput(f"neither ONNX exporter can export this model; dynamo: {first_line(exc)}") from None
         proto = onnx.load(str(staged), load_external_data=True)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < OPSET:
