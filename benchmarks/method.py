@@ -1,6 +1,6 @@
 """The method measured against its rivals and against itself without each part, over several seeds.
 
-    .venv/bin/python -m benchmarks.method --quick|--full [--bench B1,B1-hard,B2,B3] [--seed 0,1,2] [--rows full,previous]
+    .venv/bin/python -m benchmarks.method --quick|--full [--bench B1,B1-hard,B1-crawl,B2,B3] [--seed 0,1,2] [--rows full,previous]
 
 Every distillation row runs the product: `edgedistill.compress` (select and distill stages) on a recipe derived from
 recipes/demo.yaml, in its own run directory under runs/bench/; rows whose select section is the same share one
@@ -71,6 +71,13 @@ BENCHES = {
         "changes": {"pool": B1_POOL[:2]},
         "upper": None,
         "rows": ["teacher", "kd_random", "previous", "full", "epochs_80"],
+    },
+    "B1-crawl": {
+        "what": "reporting only, never run while tuning, for selection: as B1 with 300,000 natural patches instead of 60,000, "
+        "so that 0.5% of the pool are digits, as in a web crawl",
+        "changes": {"pool": [B1_POOL[0], {"builtin": "natural-patches", "count": 300000}, B1_POOL[2]]},
+        "upper": None,
+        "rows": ["teacher", "full", "no_selection", "no_selection_same_size"],
     },
     "B2": {
         "what": "Fashion-MNIST LeNet-5 teacher (teachers/fashion_lenet5) -> LeNet-5-half; pool MNIST digits "
@@ -148,6 +155,8 @@ ROWS = {
     "no_feature": ("full method, feature loss off", {"distill": {"loss": {"feature": 0.0}}}),
     "no_relation": ("full method, relation loss off", {"distill": {"loss": {"relation": 0.0}}}),
     "no_selection": ("full method, selection -> random", {"select": {"strategy": "random", "reservoir": 1}}),
+    "no_selection_same_size": ("full method, selection -> a random sample as large as the balanced selection (same steps)",
+                               {"select": {"strategy": "random", "reservoir": 1}}),
     "agreement_choice": ("full method, the epoch of best hold-out teacher agreement kept instead of the last", None),
     "plus_resample": ("full method + student-in-the-loop sampling (reservoir 4x, redrawn every 2 epochs)",
                       {"select": {"reservoir": 4}, "distill": {"resample": {"every": 2}}}),
@@ -196,6 +205,15 @@ def make_recipe(bench: str, seed: int, epochs: int | None, edits: dict | None = 
 
 def select_key(recipe: Recipe) -> str:
     return json.dumps(recipe.section("seed", "teacher", "pool", "select"), sort_keys=True)
+
+
+def balanced_size(bench: str, seed: int, mode: str) -> int:
+    """How many images the full method's balanced selection kept for this seed (holdout included): a random sample of
+    this size trains as many steps per epoch. Short classes make it smaller than per_class x classes."""
+    selection = OUT / f"method-{mode}" / bench / f"seed{seed}" / "full" / "selection.json"
+    if not selection.exists():
+        sys.exit(f"no_selection_same_size needs the full row of {bench} seed {seed} first ({selection} is missing)")
+    return json.loads(selection.read_text())["selected"]
 
 
 def run_row(recipe: Recipe, run: Path, selections: dict[str, Path]) -> dict:
@@ -316,7 +334,10 @@ def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log
                 "note": f"{len(images)} labeled {name} images, {epochs} epochs",
             }
         else:
-            recipe = make_recipe(bench, seed, m["epochs"], ROWS[k][1])
+            edits = ROWS[k][1]
+            if k == "no_selection_same_size":
+                edits = merge(edits, {"select": {"total": balanced_size(bench, seed, mode)}})
+            recipe = make_recipe(bench, seed, m["epochs"], edits)
             if k in EQUAL_TIME:
                 recipe = make_recipe(bench, seed, max(1, round(recipe.distill.epochs * EQUAL_TIME[k])), ROWS[k][1])
             run = run_row(recipe, OUT / f"method-{mode}" / bench / f"seed{seed}" / k, selections)
@@ -546,7 +567,7 @@ def main() -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="10 epochs, 1 seed, generator budget 3x the full method")
     g.add_argument("--full", action="store_true", help="40 epochs a row (epochs_80: 80), 3 seeds, generator budget 10x the full method")
-    parser.add_argument("--bench", default="B1,B1-hard,B2,B3")
+    parser.add_argument("--bench", default="B1,B1-hard,B1-crawl,B2,B3")
     parser.add_argument("--seed", help="only these seeds (comma-separated); each seed is stored in its own file")
     parser.add_argument("--rows", help="only these rows (comma-separated); results of other rows are kept")
     parser.add_argument("--render-only", action="store_true", help="rewrite docs/results.md from the stored results")
