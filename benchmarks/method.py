@@ -207,10 +207,15 @@ def select_key(recipe: Recipe) -> str:
     return json.dumps(recipe.section("seed", "teacher", "pool", "select"), sort_keys=True)
 
 
+def row_dir(mode: str, bench: str, seed: int, row: str) -> Path:
+    """The run directory of one row of one bench and seed."""
+    return OUT / f"method-{mode}" / bench / f"seed{seed}" / row
+
+
 def balanced_size(bench: str, seed: int, mode: str) -> int:
     """How many images the full method's balanced selection kept for this seed (holdout included): a random sample of
     this size trains as many steps per epoch. Short classes make it smaller than per_class x classes."""
-    selection = OUT / f"method-{mode}" / bench / f"seed{seed}" / "full" / "selection.json"
+    selection = row_dir(mode, bench, seed, "full") / "selection.json"
     if not selection.exists():
         sys.exit(f"no_selection_same_size needs the full row of {bench} seed {seed} first ({selection} is missing)")
     return json.loads(selection.read_text())["selected"]
@@ -339,8 +344,8 @@ def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log
                 edits = merge(edits, {"select": {"total": balanced_size(bench, seed, mode)}})
             recipe = make_recipe(bench, seed, m["epochs"], edits)
             if k in EQUAL_TIME:
-                recipe = make_recipe(bench, seed, max(1, round(recipe.distill.epochs * EQUAL_TIME[k])), ROWS[k][1])
-            run = run_row(recipe, OUT / f"method-{mode}" / bench / f"seed{seed}" / k, selections)
+                recipe = make_recipe(bench, seed, max(1, round(recipe.distill.epochs * EQUAL_TIME[k])), edits)
+            run = run_row(recipe, row_dir(mode, bench, seed, k), selections)
         run.update(seed=seed, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
         results["rows"][k]["runs"].append(run)
         log(f"[{bench} seed {seed}] {k}: {run['accuracy']:.4f} in {run['wall_s']:.0f} s (load {run['load_before']}/{run['load_after']})")
