@@ -181,12 +181,9 @@ ROWS = {
     "dafl": ("DAFL generator baseline (benchmarks/dafl.py)", None),
 }
 # fmt: on
-# Rows whose part costs training time get fewer epochs, so that they run in about the full method's wall time:
-# refining every batch doubles a step. The disagreement search was first given 0.33 (a step assumed to cost 3x; kept as
-# the plus_disagreement row, which ran in 0.7x the time), then 0.46 from that run (measured 1.2x: an epoch cost 2.8x the full
-# method's in that run, 2.2x in the first). Refining once costs ~13 epochs' worth and doubles the training set, so
-# it has 0.4 (measured: 78 s of refinement, then 11.7 s per doubled epoch against 6.7 s per epoch of the full method on
-# B1); its first factor, 0.75, kept as the plus_refine_once row, forgot the doubling.
+# Rows whose part costs training time get fewer epochs, to run in about the full method's wall time: refining every
+# batch doubles a step; the disagreement search costs 2.2-2.8x a step (0.46; the 0.33 row assumed 3x); refining once
+# costs ~13 epochs' worth and then trains on twice the images (0.4; the 0.75 row forgot the doubling).
 EQUAL_TIME = {
     "plus_refine": 0.5,
     "plus_disagreement": 0.33,
