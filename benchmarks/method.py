@@ -139,6 +139,10 @@ PLAIN_KD = {
     },
 }
 
+# The two optional refinements that are measured at two epoch budgets each (EQUAL_TIME below).
+REFINE_ONCE = {"distill": {"refine": {"when": "once", "steps": 10, "step_size": 0.02, "radius": 0.1, "target": "argmax"}}}
+DISAGREEMENT = {"distill": {"refine": {"steps": 1, "step_size": 0.1, "radius": 0.1, "target": "disagreement"}}}
+
 # row -> (label, edits to the bench's recipe; None: not a distillation row)
 # fmt: off
 ROWS = {
@@ -167,17 +171,12 @@ ROWS = {
     "plus_refine": ("full method + refinement of every batch toward random classes (1 step of 0.2, radius 0.2), equal time",
                     {"distill": {"refine": {"steps": 1, "step_size": 0.2, "radius": 0.2, "target": "random"}}}),
     "plus_refine_once": ("full method + 10 steps of refinement toward the teacher's class, once, before training; 30 epochs "
-                         "of the doubled set (refined copies beside the originals): 1.5x the time",
-                         {"distill": {"refine": {"when": "once", "steps": 10, "step_size": 0.02, "radius": 0.1, "target": "argmax"}}}),
-    "plus_refine_once_equal_time": ("the same refinement once, 16 epochs of the doubled set: equal time",
-                                    {"distill": {"refine": {"when": "once", "steps": 10, "step_size": 0.02, "radius": 0.1,
-                                                            "target": "argmax"}}}),
+                         "of the doubled set (refined copies beside the originals): 1.5x the time", REFINE_ONCE),
+    "plus_refine_once_equal_time": ("the same refinement once, 16 epochs of the doubled set: equal time", REFINE_ONCE),
     "plus_disagreement": ("full method + teacher-student disagreement search within radius 0.1 (1 step per batch), "
-                          "13 epochs: 0.7x the time",
-                          {"distill": {"refine": {"steps": 1, "step_size": 0.1, "radius": 0.1, "target": "disagreement"}}}),
+                          "13 epochs: 0.7x the time", DISAGREEMENT),
     "plus_disagreement_equal_time": ("the same disagreement search, 18 epochs: meant as equal time, measured 1.2x",
-                                     {"distill": {"refine": {"steps": 1, "step_size": 0.1, "radius": 0.1,
-                                                             "target": "disagreement"}}}),
+                                     DISAGREEMENT),
     "dafl": ("DAFL generator baseline (benchmarks/dafl.py)", None),
 }
 # fmt: on
