@@ -200,7 +200,11 @@ class DistillSpec(Strict):
     epochs: Annotated[int, Field(gt=0)] = Field(
         80, description="passes over the selected images; 80 beat 40 by 1.0 point on B1's development set and 6.8 on B2's"
     )
-    batch_size: Annotated[int, Field(gt=1)] = 256
+    batch_size: Annotated[int, Field(gt=1)] = Field(
+        128,
+        description="images per step; 128 beat 256 on the development sets (B1 +0.7, B2 +2.3 points at 80 epochs) "
+        "for 1.2x the time: on a CPU, halving the batch nearly doubles the steps an epoch buys",
+    )
     lr: Annotated[float, Field(gt=0)] = Field(0.003, description="peak learning rate of AdamW's one-cycle schedule")
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     loss: dict[str, LossEntry] = Field(

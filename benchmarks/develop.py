@@ -1,0 +1,64 @@
+"""Development runs: one recipe edit on one bench, scored on the bench's development set, never on a reporting set.
+
+    .venv/bin/python -m benchmarks.develop --bench B1 --seed 0 --epochs 40 --name batch_128 --edits '{"distill": {"batch_size": 128}}'
+
+Defaults are chosen from these runs only (docs/method.md): B1 and B1-hard score on mnist-train, B2 on 10,000
+Fashion-MNIST training images; benchmarks.method reports on mnist-heldout, fashion-mnist-test and opencv-digits.
+The recipe is benchmarks.method's for the bench (40 epochs of batch 256 unless `--epochs` or the edits say
+otherwise), run through the product like any row. Each run appends one line to benchmarks/results/develop.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from .method import OUT, RESULTS, make_recipe, merge, run_row
+
+DEVELOPMENT_SETS = {
+    "B1": {"eval": {"labeled": "builtin:mnist-train"}},
+    "B1-hard": {"eval": {"labeled": "builtin:mnist-train"}},
+    "B2": {"eval": {"labeled": "builtin:fashion-mnist", "limit": 10000}},  # the training split, drawn by the seed
+}
+LOG = RESULTS / "develop.jsonl"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", choices=list(DEVELOPMENT_SETS), required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="default: benchmarks.method's 40")
+    parser.add_argument("--name", required=True, help="what the edit is, for the log")
+    parser.add_argument("--edits", default="{}", help="JSON laid over the bench's recipe, as benchmarks.method's rows")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    edits = json.loads(args.edits)
+    recipe = make_recipe(args.bench, args.seed, args.epochs, merge(edits, DEVELOPMENT_SETS[args.bench]))
+    load = os.getloadavg()[0]
+    run = run_row(recipe, OUT / "develop" / args.bench / f"{args.name}.seed{args.seed}", {})
+    line = {
+        "name": args.name,
+        "bench": args.bench,
+        "seed": args.seed,
+        "epochs": recipe.distill.epochs,
+        "edits": edits,
+        "eval": recipe.eval.labeled,
+        "accuracy": run["accuracy"],
+        "wall_s": round(run["wall_s"], 1),
+        "load": [round(load, 2), round(os.getloadavg()[0], 2)],
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    print(json.dumps(line))
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(LOG) + ".lock"), Path(LOG).open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
