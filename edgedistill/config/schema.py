@@ -203,7 +203,7 @@ class DistillSpec(Strict):
     batch_size: Annotated[int, Field(gt=1)] = Field(
         128,
         description="images per step; 128 beat 256 on the development sets (B1 +0.7, B2 +2.3 points at 80 epochs) "
-        "for 1.2x the time: on a CPU, halving the batch nearly doubles the steps an epoch buys",
+        "for 1.2x the time: on a CPU a step costs nearly in proportion to its batch, so half the batch buys twice the steps",
     )
     lr: Annotated[float, Field(gt=0)] = Field(0.003, description="peak learning rate of AdamW's one-cycle schedule")
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
