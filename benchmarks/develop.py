@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 from filelock import FileLock
@@ -56,7 +55,7 @@ def main() -> None:
     }
     print(json.dumps(line))
     LOG.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(LOG) + ".lock"), Path(LOG).open("a") as f:
+    with FileLock(str(LOG) + ".lock"), LOG.open("a") as f:
         f.write(json.dumps(line) + "\n")
 
 

@@ -218,9 +218,7 @@ def merge(base: dict, edits: dict) -> dict:
 def make_recipe(bench: str, seed: int, epochs: int | None, edits: dict | None = None) -> Recipe:
     data = merge(yaml.safe_load((RECIPES / "demo.yaml").read_text()), BENCHES[bench]["changes"])
     data.update(seed=seed, targets=[])
-    data["distill"].update(epochs=BENCH_EPOCHS, batch_size=BENCH_BATCH)
-    if epochs:
-        data.setdefault("distill", {})["epochs"] = epochs
+    data["distill"].update(epochs=epochs or BENCH_EPOCHS, batch_size=BENCH_BATCH)
     return recipe_from_dict(merge(data, edits or {}), base_dir=RECIPES, source=f"benchmarks.method:{bench}")
 
 
