@@ -4,7 +4,7 @@
 
 Defaults are chosen from these runs only (docs/method.md): B1 and B1-hard score on mnist-train, B2 on 10,000
 Fashion-MNIST training images; benchmarks.method reports on mnist-heldout, fashion-mnist-test and opencv-digits.
-The recipe is benchmarks.method's for the bench (40 epochs of batch 256 unless `--epochs` or the edits say
+The recipe is benchmarks.method's for the bench (40 epochs of batch 256 at lr 0.003 unless `--epochs` or the edits say
 otherwise), run through the product like any row. Each run appends one line to benchmarks/results/develop.jsonl.
 """
 
