@@ -18,7 +18,7 @@ import time
 import torch
 from filelock import FileLock
 
-from .method import OUT, RESULTS, make_recipe, merge, run_row
+from .method import BENCH_EPOCHS, OUT, RESULTS, make_recipe, merge, run_row
 
 DEVELOPMENT_SETS = {
     "B1": {"eval": {"labeled": "builtin:mnist-train"}},
@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", choices=list(DEVELOPMENT_SETS), required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, help="default: benchmarks.method's 40")
+    parser.add_argument("--epochs", type=int, help=f"default: benchmarks.method's {BENCH_EPOCHS}")
     parser.add_argument("--name", required=True, help="what the edit is, for the log")
     parser.add_argument("--edits", default="{}", help="JSON laid over the bench's recipe, as benchmarks.method's rows")
     args = parser.parse_args()

@@ -539,8 +539,7 @@ def render(mode: str) -> str:
         add_agreement_row(r)
         lines += [
             f"## {r['bench']} — `--{mode}`: {r['epochs']} epochs of batch {BENCH_BATCH} at lr {BENCH_LR} per distillation row "
-            "unless it says "
-            f"otherwise, seeds {', '.join(map(str, r['seeds']))}",
+            f"unless it says otherwise, seeds {', '.join(map(str, r['seeds']))}",
             "",
             r["what"] + ".",
             "",
@@ -608,7 +607,8 @@ def main() -> None:
     g.add_argument(
         "--full",
         action="store_true",
-        help="40 epochs of batch 256 a row unless the row says otherwise, 3 seeds, generator budget 10x the full method",
+        help=f"{BENCH_EPOCHS} epochs of batch {BENCH_BATCH} at lr {BENCH_LR} a row unless the row says otherwise, 3 seeds, "
+        "generator budget 10x the full method",
     )
     parser.add_argument("--bench", default="B1,B1-hard,B1-crawl,B2,B3")
     parser.add_argument("--seed", help="only these seeds (comma-separated); each seed is stored in its own file")
