@@ -491,7 +491,12 @@ class Pipeline:
                 for_tensorrt=for_tensorrt,
             )
             info["calibration_samples"] = result.calibration_samples
-            info["models"][name] = {"bytes": result.size_bytes, "fp32_bytes": result.fp32_size_bytes, "for_tensorrt": for_tensorrt}
+            info["models"][name] = {
+                "bytes": result.size_bytes,
+                "fp32_bytes": result.fp32_size_bytes,
+                "for_tensorrt": for_tensorrt,
+                "reduce_range": result.reduce_range,  # 7-bit weights: this x86 CPU has no VNNI/AMX
+            }
             progress.advance(task)
         atomic_write_json(self.run.artifact("int8.json"), info)
         log.info("export: int8 %s", json.dumps(info))
