@@ -495,7 +495,7 @@ class Pipeline:
                 "bytes": result.size_bytes,
                 "fp32_bytes": result.fp32_size_bytes,
                 "for_tensorrt": for_tensorrt,
-                "reduce_range": result.reduce_range,  # 7-bit weights: this x86 CPU has no VNNI/AMX
+                "reduce_range": result.reduce_range,  # true: 7-bit weights, as this x86 CPU has no VNNI/AMX
             }
             progress.advance(task)
         atomic_write_json(self.run.artifact("int8.json"), info)
