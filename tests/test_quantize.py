@@ -25,12 +25,13 @@ from onnx import helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
+from edgedistill.backends.base import cpu_flags
 from edgedistill.cli import app
 from edgedistill.errors import BadInput
 from edgedistill.inputs.images import sample_folder
 from edgedistill.models.factory import create_model
 from edgedistill.models.onnx_info import onnx_info
-from edgedistill.stages.quantize import cpu_flags, needs_reduced_range, quantize_int8
+from edgedistill.stages.quantize import needs_reduced_range, quantize_int8
 
 MEAN, STD = [0.5], [0.5]
 METHODS = ["minmax", "entropy", "percentile"]

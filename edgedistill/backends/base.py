@@ -218,6 +218,12 @@ def _read_first(path: str, prefix: str = "") -> str | None:
     return None
 
 
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo (Linux); None where they cannot be read."""
+    flags = _read_first("/proc/cpuinfo", "flags")
+    return None if flags is None else set(flags.split())
+
+
 def machine_facts() -> dict:
     """What a latency figure depends on besides the model: CPU model, usable cores, frequency governor."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

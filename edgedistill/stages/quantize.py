@@ -20,6 +20,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from ..backends.base import cpu_flags
 from ..errors import BadInput
 from ..models.onnx_info import onnx_info
 
@@ -47,18 +48,6 @@ class QuantizeResult:
 # x86 instructions that multiply 8-bit values into 32-bit sums; without one, ONNX Runtime's u8s8 kernels add pairs of
 # products in 16 bits (vpmaddubsw), which full 8-bit weights can saturate.
 INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def cpu_flags() -> set[str] | None:
-    """This CPU's feature flags from /proc/cpuinfo (Linux); None where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
 
 
 def needs_reduced_range(machine: str | None = None, flags: set[str] | None = None) -> bool:
