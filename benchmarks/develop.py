@@ -6,8 +6,9 @@ Defaults are chosen from these runs only (docs/method.md): B1, B1-hard and B1-bn
 Fashion-MNIST training images; benchmarks.method reports on mnist-heldout, fashion-mnist-test and opencv-digits.
 B1-bn is B3's family (a torchvision student with BatchNorm, 500 images selected per class) without B3's teacher or
 reporting set: B1's LeNet-5 teacher and pool, MobileNetV3-Small as the student.
-The recipe is benchmarks.method's for the bench (40 epochs of batch 256 at lr 0.003, weight decay 1e-4, unless `--epochs` or the edits say
-otherwise), run through the product like any row. Each run appends one line to benchmarks/results/develop.jsonl.
+The recipe is benchmarks.method's for the bench (40 epochs of batch 256 at lr 0.003, weight decay 1e-4, unless
+`--epochs` or the edits say otherwise), run through the product like any row. Each run appends one line to
+benchmarks/results/develop.jsonl.
 """
 
 from __future__ import annotations
