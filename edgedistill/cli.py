@@ -11,12 +11,12 @@ from typing import get_args, get_origin
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .backends import RUNTIMES
-from .backends.base import DEFAULT_ROUNDS
+from .config.schema import TargetSpec
 from .errors import BadInput, EdgeDistillError
 from .version import __version__
 
@@ -81,8 +81,21 @@ app = _App(
     pretty_exceptions_enable=False,
     help="Distill a trained image classifier into a small deployable model, without its training data.",
 )
-console = Console(stderr=True)
-out = Console()
+UNWRAPPED_WIDTH = 100_000
+
+
+class _Console(Console):
+    """Off a terminal (a CI log, a file, a pipe) nothing is wrapped or cut: rich would otherwise take 80 columns, break
+    lines mid-sentence and cut table cells ("agr…"); in a terminal it fits the window as usual."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+
+console = _Console(stderr=True)
+out = _Console()
 
 RecipeArg = typer.Argument(..., metavar="RECIPE", help="recipe YAML file", show_default=False)
 RunDirOpt = typer.Option(None, "--run-dir", metavar="DIR", help="where artifacts go (default: runs/NAME, with the recipe's name)")
@@ -110,53 +123,55 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def _verdict_cell(target: dict) -> str:
-    """unavailable, FAIL k/n, inconclusive k/n (exit 5), pass n/n, or - without budgets."""
-    from .results.report import target_verdict, verdict_of
+def _verdict_cell(target) -> str:
+    """unavailable, FAIL k/n, inconclusive k/n (exit 5), pass n/n, or - without budgets (a report's Target, or its dict)."""
+    from .results.report import Target, target_verdict
 
-    state, verdicts = target_verdict(target), target.get("verdicts") or []
-    count = sum(verdict_of(v) == state for v in verdicts)
+    t = target if isinstance(target, Target) else Target.model_validate(target)
+    state = target_verdict(t)
+    count = sum(v.verdict == state for v in t.verdicts)
     return {
         "unavailable": "[red]unavailable",
-        "fail": f"[red]FAIL {count}/{len(verdicts)}",
-        "inconclusive": f"[yellow]inconclusive {count}/{len(verdicts)}",
-        "pass": f"[green]pass {count}/{len(verdicts)}",
+        "fail": f"[red]FAIL {count}/{len(t.verdicts)}",
+        "inconclusive": f"[yellow]inconclusive {count}/{len(t.verdicts)}",
+        "pass": f"[green]pass {count}/{len(t.verdicts)}",
     }.get(state, "-")
 
 
-def _print_gate_lines(report: dict) -> None:
+def _print_gate_lines(report) -> None:
     """Every budget not passed, with its figures; what the noisy flag means where it is set; the gate's verdict."""
-    from .results.report import exit_code, gate_headline, verdict_message, verdict_of
+    from .results.report import as_report, exit_code, gate_headline, verdict_message
 
-    for t in report["targets"]:
-        latency = t.get("latency") or {}
-        if latency.get("noisy"):
+    r = as_report(report)
+    for t in r.targets:
+        if t.latency is not None and t.latency.noisy:
             out.print(
-                f"[yellow]~ {t['name']}: noisy: the rounds' median latency differed by {latency['round_spread']:.0%} (over 10%): "
+                f"[yellow]~ {t.name}: noisy: the rounds' median latency differed by {t.latency.round_spread or 0:.0%} (over 10%): "
                 "the machine's speed changed while it was measured",
                 highlight=False,
             )
-        for v in t["verdicts"]:
-            state = verdict_of(v)
-            if state != "pass":
-                out.print(f"[{'red' if state == 'fail' else 'yellow'}]{t['name']}: {verdict_message(v)}", highlight=False)
-    out.print(f"gate: {gate_headline(report)} (exit {exit_code(report)})", highlight=False)
+        for v in t.verdicts:
+            if v.verdict != "pass":
+                out.print(f"[{'red' if v.verdict == 'fail' else 'yellow'}]{t.name}: {verdict_message(v)}", highlight=False)
+    out.print(f"gate: {gate_headline(r)} (exit {exit_code(r)})", highlight=False)
 
 
-def print_report(report: dict) -> None:
-    from .results.report import deployment_rows, device_label, recommendation_lines, throughput_rows
+def print_report(report) -> None:
+    """A run's report (report.json's dict, or a Report): the deployment table per target, then the gate's lines."""
+    from .results.report import Student, Teacher, as_report, deployment_rows, device_label, recommendation_lines, throughput_rows
 
-    teacher, student = report["teacher"], report["student"]
+    r = as_report(report)
+    teacher, student = r.teacher or Teacher(), r.student or Student()
     out.print(
-        f"[bold]{report['name']}[/]: teacher {teacher['arch']}, student {student['arch']}, evaluated on "
-        f"{report['eval']['name']} ({report['eval']['samples']} images). img/s: at the largest batch; speed: p50 latency "
+        f"[bold]{r.name}[/]: teacher {teacher.arch or '-'}, student {student.arch or '-'}, evaluated on "
+        f"{r.eval.name} ({r.eval.samples} images). img/s: at the largest batch; speed: p50 latency "
         "against the teacher's on the same target; the gated model in bold",
         highlight=False,
     )
-    rows = deployment_rows(report)
-    for t in report["targets"]:
+    rows = deployment_rows(r)
+    for t in r.targets:
         table = Table(
-            title=f"{t['name']}: {t['runtime']} on {device_label(t)}; gate {_verdict_cell(t)}",
+            title=f"{t.name}: {t.runtime} on {device_label(t)}; gate {_verdict_cell(t)}",
             title_justify="left",
             box=box.SIMPLE_HEAD,
             show_edge=False,
@@ -164,38 +179,38 @@ def print_report(report: dict) -> None:
         )
         for col in ("model", "acc", "agree", "p50 ms", "p99 ms", "img/s", "KiB", "speed"):
             table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-        for row in (r for r in rows if r["target"] == t["name"]):
-            name = row["model"] if row["precision"] == "fp32" else f"{row['model']} {row['precision']}"
+        for row in (row for row in rows if row.target == t.name):
+            name = row.model if row.precision == "fp32" else f"{row.model} {row.precision}"
             table.add_row(
-                f"[bold]{name}[/]" if row["gated"] else name + (" [yellow](not measured)" if row["error"] else ""),
-                _fmt(row["accuracy"], "{:.2%}"),
-                _fmt(row["agreement"], "{:.2%}"),
-                _fmt(row["p50_ms"], "{:.3g}"),
-                _fmt(row["p99_ms"], "{:.3g}"),
-                _fmt(row["throughput_per_s"], "{:,.0f}"),
-                _fmt(row["bytes"] and row["bytes"] / 1024, "{:,.0f}"),
-                _fmt(row["speedup"], "{:.1f}x"),
+                f"[bold]{name}[/]" if row.gated else name + (" [yellow](not measured)" if row.error else ""),
+                _fmt(row.accuracy, "{:.2%}"),
+                _fmt(row.agreement, "{:.2%}"),
+                _fmt(row.p50_ms, "{:.3g}"),
+                _fmt(row.p99_ms, "{:.3g}"),
+                _fmt(row.throughput_per_s, "{:,.0f}"),
+                _fmt(row.bytes and row.bytes / 1024, "{:,.0f}"),
+                _fmt(row.speedup, "{:.1f}x"),
             )
         out.print(table)
-    for line in recommendation_lines(report):
+    for line in recommendation_lines(r):
         out.print(f"recommended: {line}", highlight=False)
-    for warning in report.get("warnings") or []:
+    for warning in r.warnings:
         out.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
-    rates = throughput_rows(report)
+    rates = throughput_rows(r)
     if rates:
         out.print(
             "throughput: " + ", ".join(f"{stage} {rate:,.0f} img/s ({ratio:.2f}x {ceiling})" for stage, rate, ceiling, _, ratio in rates),
             highlight=False,
         )
-    if report.get("int8"):
-        q = report["int8"]
+    if r.int8 is not None:
+        q = r.int8
         out.print(
-            f"INT8 student.int8.onnx ({q['method']}, {q['calibration_samples']} calibration images) on {q['runtime']}: "
-            f"{q['basis']} {q['int8']:.2%} vs fp32 {q['fp32']:.2%} (drop {q['drop'] * 100:.2f} points), "
-            f"{student.get('int8_onnx_bytes', 0) / 1024:.0f} KiB",
+            f"INT8 student.int8.onnx ({q.method}, {q.calibration_samples} calibration images) on {q.runtime}: "
+            f"{q.basis} {_fmt(q.int8, '{:.2%}')} vs fp32 {_fmt(q.fp32, '{:.2%}')} (drop {_fmt(q.drop and q.drop * 100, '{:.2f}')} "
+            f"points), {(student.int8_onnx_bytes or 0) / 1024:.0f} KiB",
             highlight=False,
         )
-    _print_gate_lines(report)
+    _print_gate_lines(r)
 
 
 def _run(fn: Callable[[], dict | None], quiet: bool = False) -> None:
@@ -221,6 +236,20 @@ def _run(fn: Callable[[], dict | None], quiet: bool = False) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished stages are kept; run the same command again to resume")
         raise typer.Exit(130) from None
+    except OSError as exc:  # the machine's state, not a bug: one line naming the file and what to do (bad input)
+        import errno
+
+        fix = {
+            errno.ENOSPC: "free space on that disk (or write elsewhere: --run-dir/--out), then run the same command again",
+            errno.EDQUOT: "your disk quota is used up; free some of it (or write elsewhere: --run-dir/--out) and run again",
+            errno.EROFS: "that file system is read-only; write elsewhere (--run-dir/--out)",
+            errno.EACCES: "you may not write (or read) there; fix its permissions or use another path (--run-dir/--out)",
+        }.get(exc.errno)
+        if fix is None:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}; {fix}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     if report and quiet:
         from .results.report import gate_headline
 
@@ -230,7 +259,7 @@ def _run(fn: Callable[[], dict | None], quiet: bool = False) -> None:
 
 
 def _pipeline_console(quiet: bool) -> Console:
-    return Console(stderr=True, quiet=True) if quiet else console
+    return _Console(stderr=True, quiet=True) if quiet else console
 
 
 def _check_names(recipe, source: str, overrides: list[str]) -> None:
@@ -256,13 +285,30 @@ def _stage_command(stages: tuple[str, ...]) -> Callable:
         fresh: bool = typer.Option(False, "--fresh", help="ignore finished stages and redo everything"),
         set_: list[str] | None = SetOpt,
         quiet: bool = QuietOpt,
+        preflight: bool = typer.Option(
+            False,
+            "--preflight",
+            help="only check, in seconds, what these stages need here and on every target (GPU, sources, host names, "
+            "ssh login, remote Python, trtexec); one line per target and check; exit 0, 2 or 4 (docs/ci.md)",
+        ),
     ) -> None:
         from .config.load import load_recipe
         from .pipeline import compress
 
-        def work() -> dict:
+        def work() -> dict | None:
             loaded = load_recipe(recipe, set_ or [])
             _check_names(loaded, str(recipe), set_ or [])
+            if preflight:
+                from .stages.preflight import failure
+                from .stages.preflight import preflight as checks_of
+
+                checks = checks_of(loaded, stages)
+                for check in checks:
+                    if not quiet or not check.ok:
+                        out.print(check.line(), highlight=False, soft_wrap=True, markup=False)
+                if (error := failure(checks)) is not None:
+                    raise error
+                return None
             return compress(loaded, run_dir, fresh=fresh, stages=stages, console=_pipeline_console(quiet))
 
         _run(work, quiet)
@@ -278,7 +324,40 @@ app.command("distill", help="Train the student on the selection (runs select fir
 app.command("export", help="Export the student to ONNX with a parity check.")(_stage_command(("export",)))
 
 
+@app.command(
+    "plan",
+    help="Choose the student: time every candidate on every target as the gate does, keep those within every latency "
+    "budget, probe the largest briefly and choose by teacher agreement; no distillation (docs/plan.md).",
+)
+def plan_command(
+    recipe: Path = RecipeArg,
+    run_dir: Path | None = RunDirOpt,
+    fresh: bool = typer.Option(False, "--fresh", help="redo selection too (timings still come from the latency cache)"),
+    set_: list[str] | None = SetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    from .config.load import load_recipe
+    from .pipeline import compress
+
+    def work() -> None:
+        loaded = load_recipe(recipe, set_ or [])
+        _check_names(loaded, str(recipe), set_ or [])
+        if not loaded.student.planned:
+            raise BadInput(f"{recipe}: student names one arch; give student.candidates (or arch: auto) to plan")
+        compress(loaded, run_dir, fresh=fresh, stages=("plan",), console=_pipeline_console(quiet))
+        if quiet:
+            chosen = json.loads(((run_dir or Path("runs") / loaded.name) / "plan_choice.json").read_text())
+            out.print(f"plan: chosen {chosen['arch']}", highlight=False)
+
+    _run(work, quiet)
+
+
 ModelOpt = "MODEL.onnx mode"
+
+
+def _default(field: str) -> object:
+    """A target setting's default, from the schema: the help of the MODEL.onnx options shows what an unset one is."""
+    return TargetSpec.model_fields[field].default
 
 
 @app.command("validate")
@@ -297,7 +376,9 @@ def validate_command(
         False, "--save", help="keep the --set overrides in the run's recorded recipe (default: they apply to this invocation only)"
     ),
     quiet: bool = QuietOpt,
-    runtime: str | None = typer.Option(None, "--runtime", help=f"{', '.join(RUNTIMES)} (default: onnxruntime)", rich_help_panel=ModelOpt),
+    runtime: str | None = typer.Option(
+        None, "--runtime", help=f"{', '.join(RUNTIMES)} (default: {_default('runtime')})", rich_help_panel=ModelOpt
+    ),
     budget: list[str] | None = typer.Option(
         None,
         "--budget",
@@ -319,23 +400,30 @@ def validate_command(
         None,
         "--threads",
         min=0,
-        help="intra-op threads of onnxruntime CPU and openvino (default 1; 0: all cores)",
+        help=f"intra-op threads of onnxruntime CPU and openvino (default {_default('threads')}; 0: all cores)",
         rich_help_panel=ModelOpt,
     ),
     iterations: int | None = typer.Option(
-        None, "--iterations", min=1, help="timed calls at batch 1, all rounds together (default 200)", rich_help_panel=ModelOpt
+        None,
+        "--iterations",
+        min=1,
+        help=f"timed calls at batch 1, all rounds together (default {_default('iterations')})",
+        rich_help_panel=ModelOpt,
     ),
     warmup: int | None = typer.Option(
-        None, "--warmup", min=0, help="untimed calls before each round (default 10)", rich_help_panel=ModelOpt
+        None, "--warmup", min=0, help=f"untimed calls before each round (default {_default('warmup')})", rich_help_panel=ModelOpt
     ),
     precision: str | None = typer.Option(
-        None, "--precision", help="tensorrt/trtexec engine: fp32, fp16 or int8 (a Q/DQ model builds as int8)", rich_help_panel=ModelOpt
+        None,
+        "--precision",
+        help=f"tensorrt/trtexec engine: fp32, fp16 or int8 (default {_default('precision')}; a Q/DQ model builds as int8)",
+        rich_help_panel=ModelOpt,
     ),
     provider: list[str] | None = typer.Option(
         None, "--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt (repeatable, in order)", rich_help_panel=ModelOpt
     ),
     trtexec: str | None = typer.Option(
-        None, "--trtexec", help="trtexec binary (default: PATH, then /usr/src/tensorrt/bin/trtexec)", rich_help_panel=ModelOpt
+        None, "--trtexec", help=f"trtexec binary (default: {_default('trtexec')}, then PATH)", rich_help_panel=ModelOpt
     ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="use at most this many labeled images", rich_help_panel=ModelOpt),
     duration: float | None = typer.Option(
@@ -347,14 +435,23 @@ def validate_command(
         min=1,
         max=100,
         help="split the timed calls into this many rounds; latency budgets are judged on their median and interval "
-        "(default 5; for a recipe, overrides every validated target's rounds)",
+        f"(default {_default('rounds')}; for a recipe, overrides every validated target's rounds)",
+    ),
+    on_inconclusive: str | None = typer.Option(
+        None,
+        "--on-inconclusive",
+        metavar="fail|pass|'retry N'",
+        help="what an inconclusive latency verdict becomes: fail, pass, or 'retry N' (re-time up to N times with twice "
+        f"the rounds, then exit 5); overrides every target's on_inconclusive (default: {_default('on_inconclusive')})",
     ),
 ) -> None:
     """Measure accuracy and latency on each target and check the budgets.
 
     Re-gates an existing run without redoing select, distill or export: `validate --run-dir DIR` reuses the recipe the run recorded.
 
-    --set targets.0.budget.p99_ms=2 or --target NAME change what is checked, for this invocation only (--save keeps --set).
+    --set targets.0.budget.p99_ms=2 or --target NAME make a what-if: only validation runs (it never retrains or re-exports),
+    its report goes to RUN_DIR/what-if/, and the run's recipe, artifacts and the verdict `gate` reports stay as they were
+    (--save keeps --set in the run instead). --rounds N alone re-measures the run itself with more rounds.
 
     Gates any ONNX classifier too:
     `validate MODEL.onnx --runtime onnxruntime --budget p99_ms=2 --budget min_accuracy=0.9 --labeled FOLDER`.
@@ -378,6 +475,8 @@ def validate_command(
         "--limit": limit,
         "--duration": duration,
     }
+    if on_inconclusive is not None:
+        _check_on_inconclusive(on_inconclusive)
     if recipe is not None and recipe.suffix.lower() == ".onnx":
         recipe_options = [
             name
@@ -386,42 +485,53 @@ def validate_command(
         ]
         if recipe_options:
             _fail(f"{', '.join(recipe_options)} apply to a recipe; {recipe} is validated with --runtime, --budget and --labeled")
-        _validate_model(
-            recipe,
-            runtime or "onnxruntime",
-            budget or [],
-            labeled,
-            mean,
-            std,
-            out_dir,
-            1 if threads is None else threads,
-            10 if warmup is None else warmup,
-            iterations or 200,
-            precision or "fp32",
-            provider,
-            trtexec,
-            limit,
-            duration,
-            rounds or DEFAULT_ROUNDS,
-            quiet=quiet,
-        )
+        options = {
+            "runtime": runtime,
+            "threads": threads,
+            "warmup": warmup,
+            "iterations": iterations,
+            "rounds": rounds,
+            "on_inconclusive": on_inconclusive,
+            "precision": precision,
+            "providers": provider or None,
+            "trtexec": trtexec,
+        }
+        given = {key: value for key, value in options.items() if value is not None}  # the rest: the schema's defaults
+        _validate_model(recipe, given, budget or [], labeled, mean, std, out_dir, limit, duration, quiet=quiet)
         return
     given = [name for name, value in model_options.items() if value]
     if given:
         _fail(f"{', '.join(given)} apply to `validate MODEL.onnx`; a recipe sets them per target (use --set)")
-    from .config.load import recipe_for_regate
-    from .pipeline import compress
+    from .pipeline import regate
 
-    def regate() -> dict | None:
-        chosen = recipe_for_regate(run_dir, recipe, set_ or [], target or [])
-        if rounds is not None:
-            chosen = chosen.model_copy(update={"targets": [t.model_copy(update={"rounds": rounds}) for t in chosen.targets]})
-        _check_names(chosen, str(recipe) if recipe is not None else f"the recipe recorded in {run_dir / 'run.json'}", set_ or [])
-        return compress(
-            chosen, run_dir, fresh=fresh, stages=("validate",), console=_pipeline_console(quiet), record_recipe=save or not (set_ or rounds)
+    source = str(recipe) if recipe is not None else f"the recipe recorded in {(run_dir or Path('RUN_DIR')) / 'run.json'}"
+
+    def work() -> dict | None:
+        return regate(
+            run_dir,
+            recipe,
+            set_ or [],
+            target or [],
+            {"on_inconclusive": on_inconclusive} if on_inconclusive is not None else None,
+            rounds=rounds,
+            save=save,
+            fresh=fresh,
+            console=_pipeline_console(quiet),
+            check=lambda chosen: _check_names(chosen, source, set_ or []),
         )
 
-    _run(regate, quiet)
+    _run(work, quiet)
+
+
+def _check_on_inconclusive(policy: str) -> None:
+    from pydantic import ValidationError
+
+    from .config.schema import TargetSpec
+
+    try:
+        TargetSpec(name="-", on_inconclusive=policy)
+    except ValidationError:
+        _fail(f"--on-inconclusive {policy!r}: use fail, pass or 'retry N' with N from 0 to 10 (e.g. --on-inconclusive 'retry 2')")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -465,23 +575,17 @@ def _budget(items: list[str]):
 
 def _validate_model(
     model: Path,
-    runtime: str,
+    target: dict,
     budget: list[str],
     labeled: Path | None,
     mean: str | None,
     std: str | None,
     out_dir: Path | None,
-    threads: int,
-    warmup: int,
-    iterations: int,
-    precision: str,
-    providers: list[str] | None,
-    trtexec: str | None,
     limit: int | None,
     duration: float | None,
-    rounds: int,
     quiet: bool = False,
 ) -> None:
+    """`validate MODEL.onnx`: `target` holds the target options given (TargetSpec's fields); the rest are the schema's."""
     from .results.report import exit_code, gate_error
     from .stages.validate import validate_model_file
 
@@ -491,21 +595,13 @@ def _validate_model(
         out_dir = out_dir or Path("runs") / f"validate-{model.stem}"
         report = validate_model_file(
             model,
-            runtime,
-            _budget(budget),
             out_dir,
-            labeled,
-            _floats("--mean", mean),
-            _floats("--std", std),
-            threads,
-            warmup,
-            iterations,
-            precision,
-            providers,
-            trtexec,
-            limit,
-            duration,
-            rounds=rounds,
+            {**target, "budget": _budget(budget)},
+            labeled=labeled,
+            mean=_floats("--mean", mean),
+            std=_floats("--std", std),
+            limit=limit,
+            duration_s=duration,
         )
     except EdgeDistillError as exc:
         _fail(str(exc), exc.exit_code)
@@ -519,25 +615,29 @@ def _validate_model(
     raise typer.Exit(exit_code(report))
 
 
-def _latency_cells(latency: dict | None) -> list[str]:
-    lat = latency or {}
-    noisy = "[yellow]~" if lat.get("noisy") else ""  # explained under the table (_print_gate_lines)
-    return [_fmt(lat.get("p50_ms"), "{:.3f}") + noisy, _fmt(lat.get("p99_ms"), "{:.3f}") + noisy, _fmt(lat.get("cv"), "{:.2f}")]
+def _latency_cells(lat) -> list[str]:
+    """p50, p99 (marked ~ when noisy) and CV of a report's Latency."""
+    noisy = "[yellow]~" if lat.noisy else ""  # explained under the table (_print_gate_lines)
+    return [_fmt(lat.p50_ms, "{:.3f}") + noisy, _fmt(lat.p99_ms, "{:.3f}") + noisy, _fmt(lat.cv, "{:.2f}")]
 
 
-def print_model_report(report: dict) -> None:
+def print_model_report(report) -> None:
     """One row for a model validated on its own: accuracy, latency at batch 1 with its CV, throughput."""
-    t = report["targets"][0]
-    table = Table(title=f"{Path(report['model']['path']).name} on {report['eval']['name']} ({report['eval']['samples']} images)")
-    throughput = t["throughput"] or {}
-    for col in ("runtime", "prec", "acc", "p50 ms", "p99 ms", "CV", f"img/s b{throughput.get('batch', '-')}", "budgets"):
+    from .results.report import Latency, Throughput, as_report
+
+    r = as_report(report)
+    t = r.targets[0]
+    model = Path(r.model.path).name if r.model is not None and r.model.path else r.name
+    table = Table(title=f"{model} on {r.eval.name} ({r.eval.samples} images)")
+    throughput = t.throughput or Throughput()
+    for col in ("runtime", "prec", "acc", "p50 ms", "p99 ms", "CV", f"img/s b{throughput.batch or '-'}", "budgets"):
         table.add_column(col, justify="left" if col in ("runtime", "prec", "budgets") else "right")
     table.add_row(
-        t["runtime"],
-        t.get("precision", "fp32"),
-        _fmt(t["accuracy"], "{:.2%}"),
-        *_latency_cells(t["latency"]),
-        _fmt(throughput.get("throughput_per_s"), "{:,.0f}"),
+        t.runtime,
+        t.precision,
+        _fmt(t.accuracy, "{:.2%}"),
+        *_latency_cells(t.latency or Latency()),
+        _fmt(throughput.throughput_per_s, "{:,.0f}"),
         _verdict_cell(t),
     )
     out.print(table)
@@ -556,17 +656,19 @@ def quantize_command(
     mean: str | None = typer.Option(None, "--mean", help="per-channel mean of pixels/255 (default: the model's metadata)"),
     std: str | None = typer.Option(None, "--std", help="per-channel std (default: the model's metadata)"),
     seed: int = typer.Option(0, "--seed", help="which calibration images a --samples limit picks"),
+    force: bool = typer.Option(False, "--force", help="replace the output file if it exists (default: refuse)"),
 ) -> None:
     """Quantize any ONNX classifier to INT8 (Q/DQ), calibrated on a folder of images.
 
     Input size and channels come from the model's input; mean/std from edgedistill's metadata or --mean/--std.
+    An existing output file is never replaced without --force.
     """
     from . import quantize
 
     def work() -> None:
         settings = {"method": method, "samples": samples, "seed": seed, "for_tensorrt": for_tensorrt}
         settings |= {"mean": _floats("--mean", mean), "std": _floats("--std", std)}
-        result = quantize(model, calib, out_path, settings)
+        result = quantize(model, calib, out_path, settings, force=force)
         skipped = result["unreadable"]
         note = f", {len(skipped)} unreadable files skipped" if skipped else ""
         out.print(
@@ -620,15 +722,22 @@ def report_command(
 def gate_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory of a finished run", show_default=False),
 ) -> None:
-    """Exit with the verdict of a finished run, as compress would have: 0 all budgets met, 3 a budget failed, 4 a target
-    unavailable (2 when there is no report). The CI gate step after `torchrun ... compress`, which always exits 0."""
-    from .results.report import exit_code
+    """Exit with the verdict of the run's last complete validation, as compress would have: 0 all budgets met, 3 a
+    budget failed, 4 a target unavailable, 5 a latency budget inconclusive; 2 when there is none for the recipe and the
+    files as they are now (a file changed, or a rerun stopped before it validated). The CI gate step after
+    `torchrun ... compress`, which always exits 0."""
+    from .pipeline import gate_report
+    from .results.report import as_report, exit_code
 
     try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        _fail(f"{run_dir}: no readable report.json ({type(exc).__name__}); run compress (or validate) for it first")
-    print_report(report)
+        report = as_report(gate_report(run_dir), run_dir / "report.json")
+    except EdgeDistillError as exc:
+        _fail(str(exc), exc.exit_code)
+    if report.model is not None:
+        print_model_report(report)
+        _print_gate_lines(report)
+    else:
+        print_report(report)
     raise typer.Exit(exit_code(report))
 
 
@@ -638,6 +747,14 @@ def recipe_schema_command() -> None:
     from .extensions import recipe_schema
 
     sys.stdout.write(json.dumps(recipe_schema(), indent=2) + "\n")
+
+
+@app.command("report-schema")
+def report_schema_command() -> None:
+    """Print report.json's JSON Schema (its fields, for CI scripts that read it; docs/ci.md)."""
+    from .results.report import report_schema
+
+    sys.stdout.write(json.dumps(report_schema(), indent=2) + "\n")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`edgedistill doctor`: which runtimes (RUNTIMES), execution providers, GPUs and TensorRT tools this machine has.
+"""`edgedistill doctor`: which runtimes (RUNTIMES), execution providers, GPUs, TensorRT tools and plugins this machine has.
 
 Every probe is optional and bounded: a missing package or a hung nvidia-smi becomes a line in the table, never an
 exception, since doctor is what people run when something is broken.
@@ -16,22 +16,30 @@ from rich.table import Table
 from .backends import RUNTIMES
 from .backends.base import machine_facts
 from .backends.onnxruntime import PROVIDER_ALIASES
+from .registry import PLUGIN_ERRORS, PLUGINS
 
 PROBE_TIMEOUT_S = 15
 GPU_PACKAGES = ("cuda-python", "pycuda", "onnxruntime-gpu", "tensorrt")
 
-# What provides each capability when it is missing: the line doctor prints next to a "no".
+# What provides each capability when it is missing: the line doctor prints next to a "no". A runtime's line is its
+# row's `install` (backends/runtime.py), so a runtime added by a module or a plugin brings its own.
 INSTALL = {
-    "runtime onnxruntime": "pip install onnxruntime",
-    "runtime openvino": "pip install openvino",
-    "runtime tensorrt": "pip install tensorrt and an NVIDIA driver, or JetPack on a Jetson",
-    "runtime trtexec": "TensorRT's tar or deb packages (bin/trtexec), or JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)",
     "provider cuda": "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver",
     "provider tensorrt": "pip install onnxruntime-gpu and tensorrt, and an NVIDIA driver",
     "torch.cuda": "an NVIDIA GPU with its driver, and a CUDA build of torch (pytorch.org lists them)",
     "nvidia-smi": "the NVIDIA driver",
     "GPU python packages": "pip install onnxruntime-gpu or tensorrt, for GPU targets",
 }
+
+
+def install_hint(component: str) -> str:
+    """What provides `component` ("runtime openvino", "provider cuda", "torch.cuda", ...); "" where nothing is said."""
+    kind, _, name = component.strip().partition(" ")
+    if kind == "runtime" and name in RUNTIMES:
+        return RUNTIMES.get(name).install
+    if kind == "plugin":
+        return "fix or uninstall the package that declares it (an `edgedistill.plugins` entry point)"
+    return INSTALL.get(component.strip(), "")
 
 
 def _version(package: str) -> str | None:
@@ -92,7 +100,7 @@ def _nvidia_smi() -> dict:
 
 
 def _with_install(name: str, probe: dict) -> dict:
-    return probe if probe.get("usable") else {**probe, "install": INSTALL.get(f"runtime {name}", "")}
+    return probe if probe.get("usable") else {**probe, "install": install_hint(f"runtime {name}")}
 
 
 def collect_facts() -> dict:
@@ -102,6 +110,7 @@ def collect_facts() -> dict:
         "nvidia_smi": _nvidia_smi(),
         "gpu_packages": {name: _version(name) for name in GPU_PACKAGES},
         "cpu": {**machine_facts(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "plugins": {"loaded": dict(PLUGINS), "failed": dict(PLUGIN_ERRORS)},  # RUNTIMES above loaded them
     }
 
 
@@ -113,10 +122,10 @@ def facts_table(facts: dict) -> Table:
     """One row per capability: whether edgedistill can use it, and the detail that explains why or why not."""
     table = Table(title="edgedistill doctor")
     for col in ("component", "usable", "detail", "to get it"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a narrow terminal wraps a cell, never cuts it ("pip install onnxrun…")
 
     def row(component: str, ok: bool, detail: str) -> None:
-        table.add_row(component, _yes(ok), detail, "" if ok else INSTALL.get(component.strip(), ""))
+        table.add_row(component, _yes(ok), detail, "" if ok else install_hint(component))
 
     for name, probe in facts["runtimes"].items():
         row(f"runtime {name}", probe.get("usable", False), probe.get("detail", ""))
@@ -139,6 +148,11 @@ def facts_table(facts: dict) -> Table:
     )
     packages = ", ".join(f"{k} {v}" for k, v in facts["gpu_packages"].items() if v) or "none"
     row("GPU python packages", any(facts["gpu_packages"].values()), packages)
+    plugins = facts.get("plugins") or {}
+    for name, value in (plugins.get("loaded") or {}).items():
+        row(f"plugin {name}", True, value)
+    for name, why in (plugins.get("failed") or {}).items():
+        row(f"plugin {name}", False, why)
     cpu = facts["cpu"]
     row(
         "CPU",

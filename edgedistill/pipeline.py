@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TextIO
@@ -21,37 +21,77 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_path, atomic_write_json
-from .backends import RUNTIMES
-from .config.load import load_recipe
+from .backends import BUILTIN_ARTIFACTS, RUNTIMES, Artifact, MakeInputs
+from .backends.runtime import FP32, INT8_CPU
+from .config.load import load_recipe, recipe_for_regate
 from .config.schema import Recipe
 from .errors import BadInput
 from .extensions import check_recipe
+from .inputs.fingerprint import Fingerprint, paths_fingerprint, tree_fingerprint
 from .inputs.images import normalize
 from .inputs.labeled import EvalSet, load_labeled
 from .inputs.pool import build_pool, default_workers
 from .models.checkpoint import fit_state_dict
 from .models.factory import build_student_model, count_parameters
 from .models.features import describe_feature_layer
+from .models.onnx_info import onnx_info
 from .models.teachers import load_teacher_model
-from .results.gate import GATE_FILES, write_gate_files
+from .results.gate import GATE_FILES
 from .results.html import write_report_html
-from .results.report import Report, gate_error, target_entry
-from .results.rundir import RunDir, fingerprint, package_versions
+from .results.plan import PLAN_PAGES, print_plan, write_plan_files
+from .results.report import gate_error, teacher_class_share, verdict_of
+from .results.rundir import RunDir, StageInputs, package_versions
 from .results.selection import Selection, load_selection, save_selection
-from .scale.compute import resolve_compute
+from .scale.compute import cpu_threads, resolve_compute, usable_cpus
 from .scale.distributed import barrier, broadcast_object, close_world, init_world, world
 from .scale.throughput import bare_forward_rate, bare_step_rate
 from .stages.deployment import measure_target, models_to_time, recommend, student_warnings
 from .stages.distill import distill
 from .stages.export import check_parity, export_onnx, first_line, parity_dict
-from .stages.fp16 import convert_fp16
-from .stages.quantize import quantize_int8
-from .stages.select import holdout_last, select_pool, split_selection
-from .stages.validate import measure_int8, predict_torch, validate_target
+from .stages.plan import CHOICE_FILE, PLAN_FILE, PROBE_FILE, chosen_student, no_fit_error, plan_students, with_chosen_student
+from .stages.preflight import run_preflight
+from .stages.select import coverage_lines, holdout_last, select_pool, split_selection
+from .stages.validate import Gated, Reference, measure_int8, predict_torch, validate_and_report
 from .version import __version__
 
-STAGES = ("select", "distill", "export", "validate")
-INT8_MODELS = {"cpu": "student.int8.onnx", "tensorrt": "student.int8.trt.onnx"}  # by the runtime's int8_flavour
+STAGES = ("select", "plan", "distill", "export", "validate")
+# stage -> (recipe sections, earlier stages, kinds of files) it depends on; Pipeline.inputs turns them into StageInputs.
+# distill does not depend on `eval`: it evaluates on it each epoch for the history, but never chooses by it.
+# plan runs only for a recipe with student candidates (Pipeline.applies); it times them on the targets, probes them on
+# the selection (never on `eval`), and its recorded output is the chosen student alone (stages/plan.py).
+STAGE_INPUTS = {
+    "select": (("seed", "teacher", "pool", "select"), (), ("teacher", "pool")),
+    "plan": (("seed", "teacher", "class_drop", "student", "distill", "export", "targets"), ("select",), ("teacher",)),
+    "distill": (("seed", "teacher", "class_drop", "student", "distill"), ("select", "plan"), ("teacher",)),
+    "export": (("seed", "teacher", "student", "export"), ("select", "distill"), ("teacher",)),
+    "validate": (("teacher", "eval", "targets"), ("select", "export"), ("teacher", "eval")),
+}
+# every file a run writes at the top of its directory, by the stage that writes it (None: the run itself); a user's file
+# under one of these names is refused before the first stage runs, not when its stage reaches it (engine plans and
+# scratch files, named per target and per inputs, are refused when they are written)
+ARTIFACTS = {
+    "run.json": None,
+    "run.log": None,
+    "selected.npz": "select",
+    "selected_images.npy": "select",
+    "selection.json": "select",
+    PLAN_FILE: "plan",
+    CHOICE_FILE: "plan",
+    PROBE_FILE: "plan",
+    **dict.fromkeys(PLAN_PAGES, "plan"),
+    "student.safetensors": "distill",
+    "student.json": "distill",
+    "history.json": "distill",
+    "parity.json": "export",
+    **dict.fromkeys((a.file for a in BUILTIN_ARTIFACTS), "export"),  # student.onnx and the copies the runtimes run
+    "int8.json": "export",
+    "teacher.onnx": "export",
+    "report.json": "validate",
+    "latency_samples.json": "validate",
+    **dict.fromkeys(GATE_FILES, "validate"),
+    "report.html": "validate",
+}
+WHAT_IF_DIR = "what-if"  # where `validate --run-dir --set/--target` writes its report, beside the run's own
 RANKED_STAGES = ("select", "distill")  # the stages every rank of a torchrun launch takes part in
 log = logging.getLogger("edgedistill")
 
@@ -190,12 +230,17 @@ def _file_log(path: Path) -> Iterator[None]:
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, run_dir: Path, console: Console):
-        self.recipe, self.run, self.console = recipe, RunDir(run_dir), console
+    def __init__(self, recipe: Recipe, run_dir: Path, console: Console, rounds: int | None = None):
+        """`rounds`: latency rounds for this invocation's measurements, every target (`validate --rounds`): how well
+        the recipe's budgets are measured, not what they are, so not part of the recipe the run records."""
+        self.recipe, self.run, self.console, self.rounds = recipe, RunDir(run_dir), console, rounds
         self.world = world()
         self.compute = resolve_compute(recipe.compute, self.world.device)
         self._teacher: nn.Module | None = None
         self._selection: Selection | None = None
+        self._fingerprints: dict[str, list[tuple[str, Fingerprint]]] = {}
+        self.cpu_threads: dict | None = None  # how many CPU threads compress chose, and why (scale.compute.cpu_threads)
+        self.what_if = False  # validate only, into WHAT_IF_DIR, recording nothing (Pipeline.run_what_if)
 
     @property
     def teacher(self) -> nn.Module:
@@ -203,42 +248,127 @@ class Pipeline:
             self._teacher = load_teacher(self.recipe)
         return self._teacher
 
-    def inputs(self, stage: str) -> dict:
+    def inputs(self, stage: str) -> StageInputs:
+        """What `stage` depends on (STAGE_INPUTS): its recipe sections, the stages before it, and the contents of the
+        files the recipe names that it reads, so a file replaced under the same path redoes the stage."""
         r = self.recipe
-        sections = {
-            "select": (["seed", "teacher", "pool", "select"], []),
-            "distill": (["seed", "teacher", "class_drop", "student", "distill", "eval"], ["select"]),
-            "export": (["seed", "teacher", "student", "export"], ["select", "distill"]),
-            "validate": (["teacher", "eval", "targets"], ["select", "export"]),
-        }[stage]
-        recipe_part = r.section(*sections[0])
+        sections, upstream, files = STAGE_INPUTS[stage]
+        parts = r.section(*sections)
+        upstream = [s for s in upstream if self.applies(s)]
+        if stage in ("distill", "export") and r.student.planned and (self.run / CHOICE_FILE).is_file():
+            parts["student"] = chosen_student(r, self.run.path).model_dump(mode="json")  # the choice, not the candidates
         if stage == "export":
-            recipe_part["tensorrt_int8"] = self._needs_tensorrt_int8()
-            recipe_part["fp16_file"] = self._needs_fp16_file()
+            made = self._artifacts()  # the two names below predate the runtime rows: kept, so runs made then stay current
+            parts["tensorrt_int8"] = "student.int8.trt.onnx" in made
+            parts["fp16_file"] = "student.fp16.onnx" in made
+            if extra := sorted(set(made) - {a.file for a in BUILTIN_ARTIFACTS}):
+                parts["artifacts"] = extra
         if stage in RANKED_STAGES:
-            recipe_part["precision"] = str(self.compute.dtype)  # scores and training change with it; the rest of `compute` does not
-        return self.run.stage_inputs(stage, recipe_part, sections[1])
+            parts["precision"] = str(self.compute.dtype)  # scores and training change with it; the rest of `compute` does not
+        if stage == "validate":  # rounds say how well a budget is measured, not what it is (validate --rounds)
+            parts["targets"] = [{k: v for k, v in t.items() if k != "rounds"} for t in parts["targets"]]
+        return self.run.stage_inputs(parts, list(upstream), {n: fp for kind in files for n, fp in self._file_inputs(kind)})
 
-    def _needs_tensorrt_int8(self) -> bool:
-        return self.recipe.export.int8.enabled and any(
-            t.precision == "int8" and RUNTIMES[t.runtime].int8_flavour == "tensorrt" for t in self.recipe.targets
+    def _file_inputs(self, kind: str) -> list[tuple[str, Fingerprint]]:
+        """(name, Fingerprint) of the files behind one kind of input, taken once per run: `teacher` (its weights or
+        model file), `pool` (each source that has files), `eval` (the labeled folder's images, contents hashed: the
+        verdict hangs on each of them)."""
+        if kind not in self._fingerprints:
+            r, found = self.recipe, []
+            if kind == "teacher" and r.teacher.weights is not None:
+                weights = r.resolve(r.teacher.weights)
+                files = onnx_info(weights).files if r.teacher.arch == "onnx" else (weights,)  # with its external data
+                found.append(("teacher.weights", paths_fingerprint(files, root=weights.parent, contents=True)))
+            elif kind == "pool":
+                found += [(f"pool.{i}", fp) for i, entry in enumerate(r.pool) if (fp := entry.fingerprint(r)) is not None]
+            elif kind == "eval" and r.eval.labeled and not r.eval.labeled.startswith("builtin:"):
+                found.append(("eval.labeled", tree_fingerprint(r.resolve(Path(r.eval.labeled)), contents=True)))
+            self._fingerprints[kind] = found
+        return self._fingerprints[kind]
+
+    def stale_stages(self, stages: tuple[str, ...] = STAGES, ignore: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """(stage, why) for each of `stages` that a run would redo now, in order; empty when all are up to date.
+        `ignore`: recipe parts not to compare (the gate ignores `precision`, which depends on the machine that trained)."""
+        return [
+            (stage, why)
+            for stage in stages
+            if self.applies(stage) and (why := self.run.why_stale(stage, self.inputs(stage), ignore)) is not None
+        ]
+
+    def applies(self, stage: str) -> bool:
+        """Whether `stage` is part of this recipe's run: plan only where the recipe has student candidates."""
+        return stage != "plan" or self.recipe.student.planned
+
+    def stage_plan(self, progress: Progress) -> None:
+        """Chooses the student among the recipe's candidates before distilling it (stages/plan.py, docs/plan.md):
+        writes plan.json, plan.md, plan.html and the choice; no fit ends the run with exit 3 after writing them."""
+        r = self.recipe
+        if self.world.size > 1:
+            raise BadInput(
+                "plan: the candidates are probed in one process; run `edgedistill plan RECIPE --run-dir DIR` first, "
+                "then torchrun ... compress RECIPE --run-dir DIR uses its choice"
+            )
+        train, holdout = self._split()
+        task = progress.add_task("plan", total=None, info="building the candidates")
+        try:
+            probes = json.loads((self.run / PROBE_FILE).read_text())
+        except (OSError, ValueError):
+            probes = {}
+        probe_key = {
+            "select": self.run.output_digest("select"),
+            "recipe": r.section("seed", "class_drop", "distill"),
+            "steps": r.student.plan.probe_steps,
+            "precision": str(self.compute.dtype),
+            "edgedistill": __version__,
+        }
+        plan = plan_students(
+            r,
+            self.teacher,
+            train,
+            holdout,
+            self.run.path,
+            compute=self.compute,
+            probe_cache=probes,
+            probe_key=probe_key,
+            on_step=lambda step: progress.update(task, advance=1, info=step),
+        )
+        atomic_write_json(self.run.artifact(PROBE_FILE), probes)
+        atomic_write_json(self.run.artifact(PLAN_FILE), plan)
+        self.run.artifact(*PLAN_PAGES)
+        write_plan_files(self.run.path, plan, r.name)
+        print_plan(self.console, plan)
+        log.info("plan: %s", json.dumps({"chosen": plan["chosen"], "why": plan["why"], "seconds": plan["seconds"]}))
+        if plan["chosen"] is None:
+            self.run.remove(CHOICE_FILE)
+            raise no_fit_error(plan)
+        atomic_write_json(self.run.artifact(CHOICE_FILE), plan["chosen"])
+        settled = all(row["fits"] != "inconclusive" for row in plan["candidates"])  # else the next run plans again
+        self.run.mark_done(
+            "plan", self.inputs("plan"), [CHOICE_FILE], {"chosen": plan["chosen"], "seconds": plan["seconds"]}, final=settled
         )
 
-    def _needs_fp16_file(self) -> bool:
-        return self.recipe.export.fp16 and any(
-            RUNTIMES[t.runtime].fp16_from == "file" and (t.precision == "fp16" or "fp16" in t.also_time) for t in self.recipe.targets
-        )
+    def _artifacts(self) -> dict[str, Artifact]:
+        """The files besides student.onnx that the export stage makes, by name, each with its maker (the runtime
+        rows say which: backends/runtime.py): the CPU INT8 copy whenever INT8 is on (the report's int8 line measures
+        it), and each file a target's runtime runs at its precision or times in also_time (an INT8 copy only for a
+        target gated on it: each is one more calibration); a file whose export switch is off is not made."""
+        r = self.recipe
+        wanted = [INT8_CPU]
+        for t in r.targets:
+            runtime = RUNTIMES.get(t.runtime)
+            for precision in dict.fromkeys([t.precision, *t.also_time]):
+                if precision in runtime.precisions:
+                    artifact = runtime.artifact_for(precision)
+                    if precision == t.precision or artifact.for_also_time:
+                        wanted.append(artifact)
+        return {a.file: a for a in wanted if a.make is not None and a.enabled(r.export)}
 
     def target_model(self, target, precision: str | None = None) -> Path:
-        """The student file a target runs at a precision (its own by default): student.onnx (fp32, or fp16 for the
-        runtimes that build fp16 engines from it), student.fp16.onnx for the others, or the INT8 copy of the
-        runtime's flavour: the CPU one (U8S8), or the symmetric one TensorRT parses."""
+        """The student file a target runs at a precision (its own by default), as its runtime's row says: e.g.
+        student.onnx (fp32, or fp16 for the runtimes that build fp16 engines from it), student.fp16.onnx, or the
+        INT8 copy it runs: the CPU one (U8S8), or the symmetric one TensorRT parses."""
         precision = precision or target.precision
-        if precision == "int8":
-            return self.run / INT8_MODELS[RUNTIMES[target.runtime].int8_flavour]
-        if precision == "fp16" and RUNTIMES[target.runtime].fp16_from == "file":
-            return self.run / "student.fp16.onnx"
-        return self.run / "student.onnx"
+        return self.run / RUNTIMES.get(target.runtime).artifacts.get(precision, FP32).file
 
     def teacher_runtime(self) -> str:
         """What runs the teacher when it scores the pool and the evaluation set."""
@@ -246,7 +376,7 @@ class Pipeline:
 
     def engine_plan(self, target, precision: str) -> Path | None:
         """Where the engine plan a TensorRT runtime builds for this target goes, to deploy without a rebuild."""
-        if RUNTIMES[target.runtime].int8_flavour != "tensorrt":
+        if not RUNTIMES.get(target.runtime).builds_engine:
             return None
         return self.run.artifact(f"engine-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.name)}-{precision}.plan")
 
@@ -262,7 +392,7 @@ class Pipeline:
     def stage_select(self, progress: Progress) -> None:
         r, w = self.recipe, self.world
         pool = build_pool(r, w.rank, w.size)
-        workers = r.compute.workers if r.compute.workers is not None else default_workers(pool, w.local_size)
+        workers = r.compute.workers if r.compute.workers is not None else default_workers(pool, w.local_size, usable_cpus())
         task = progress.add_task("select: scoring pool", total=pool.size, info=f"{len(pool.parts)} sources, {w.size} rank(s)")
         started = time.perf_counter()
         selection = select_pool(
@@ -288,6 +418,7 @@ class Pipeline:
             "batch": r.select.batch_size,
             "ranks": w.size,
             "workers_per_rank": workers,
+            "cpu_threads": self.cpu_threads,
         }
         self._selection = selection
         if not w.main:
@@ -301,11 +432,8 @@ class Pipeline:
                 f"[yellow]select: skipped {s['skipped']} unreadable files {s['skipped_reasons']}, e.g. {s['skipped_examples'][0]}"
             )
         names = self.recipe.teacher.class_names or [str(c) for c in range(self.recipe.teacher.num_classes)]
-        for level in ("poorly", "thinly"):
-            short = [c for c in s["coverage"] if c["level"] == level]
-            if short:
-                listed = ", ".join(f"{names[c['class']]} ({c['selected']}/{c['quota']}, conf {c['mean_confidence']:.2f})" for c in short)
-                self.console.print(f"[yellow]select: the pool covers {level}: {listed}; {short[0]['advice']}", highlight=False)
+        for line in coverage_lines(s, names):  # a collapsed teacher, then at most 20 classes that need more images
+            self.console.print(f"[yellow]{line}", highlight=False, soft_wrap=True)
         self.run.mark_done(
             "select", self.inputs("select"), ["selected.npz", "selected_images.npy", "selection.json"], {"selected": s["selected"]}
         )
@@ -326,7 +454,7 @@ class Pipeline:
         return EvalSet("selection holdout (teacher agreement)", self._split()[1], None)
 
     def stage_distill(self, progress: Progress) -> None:
-        r = self.recipe
+        r = with_chosen_student(self.recipe, self.run.path)
         train, _ = self._split()
         if len(train) < r.distill.batch_size:
             raise BadInput(
@@ -404,7 +532,7 @@ class Pipeline:
     def _distill_scratch(self) -> tuple[Path, Path]:
         """The epoch checkpoint and the stored teacher outputs, named by the distill stage's inputs: a resumed run
         never picks up what a run with another selection or recipe left behind. Earlier runs' leftovers are removed."""
-        key = fingerprint(self.inputs("distill"))[:12]
+        key = self.inputs("distill").key[:12]
         names = (f"distill-{key}.ckpt", f"teacher_outputs-{key}.npy")
         if self.world.main:
             self._remove_distill_scratch(names)
@@ -433,7 +561,7 @@ class Pipeline:
         }
 
     def stage_export(self, progress: Progress) -> None:
-        r = self.recipe
+        r = with_chosen_student(self.recipe, self.run.path)
         task = progress.add_task("export: onnx", total=2, info="")
         student = load_student(r, self.run)
         export_onnx(student, r.teacher.input, self.run.artifact("student.onnx"), r.teacher.class_names)
@@ -446,12 +574,15 @@ class Pipeline:
         if parity["top1_agreement"] < 0.99 or parity["max_abs_diff"] > 1e-3:
             self.console.print(f"[yellow]export: ONNX and PyTorch differ: {parity}")
         outputs = ["student.onnx", "parity.json"]
-        self.run.remove("student.int8.onnx", "student.int8.trt.onnx", "int8.json", "teacher.onnx", "student.fp16.onnx")
-        if r.export.int8.enabled:
-            outputs += self._export_int8(progress)
-        if self._needs_fp16_file():
-            convert_fp16(self.run / "student.onnx", self.run.artifact("student.fp16.onnx"))
-            outputs.append("student.fp16.onnx")
+        every = {a.file for runtime in RUNTIMES.values() for a in runtime.artifacts.values()} | {a.file for a in BUILTIN_ARTIFACTS}
+        self.run.remove(*sorted(every - {"student.onnx"}), "int8.json", "teacher.onnx")
+        made = self._artifacts()
+        if any(a.calibrated for a in made.values()):
+            outputs += self._export_int8(progress, {name: a for name, a in made.items() if a.calibrated}, student)
+        for name, artifact in made.items():
+            if not artifact.calibrated:
+                artifact.make(MakeInputs(self.run / "student.onnx", self.run.artifact(name), student=student))
+                outputs.append(name)
         info = {}
         if r.export.teacher and r.teacher.arch != "onnx":
             info["teacher_onnx"] = self._export_teacher()
@@ -471,39 +602,35 @@ class Pipeline:
             return {"error": message}
         return {"path": "teacher.onnx", "bytes": (self.run / "teacher.onnx").stat().st_size}
 
-    def _export_int8(self, progress: Progress) -> list[str]:
+    def _export_int8(self, progress: Progress, variants: dict[str, Artifact], student: nn.Module | None = None) -> list[str]:
         """INT8 copies calibrated on the selection's training split: the pool images the student learned from."""
         r, spec, q = self.recipe, self.recipe.teacher.input, self.recipe.export.int8
         calibration, _ = self._split()
-        variants = {"student.int8.onnx": False} | ({"student.int8.trt.onnx": True} if self._needs_tensorrt_int8() else {})
         task = progress.add_task("export: int8", total=len(variants), info=f"{q.method}, {min(q.samples, len(calibration))} samples")
         info = {"method": q.method, "calibration_source": "selected.npz (training split)", "models": {}}
-        for name, for_tensorrt in variants.items():
-            result = quantize_int8(
+        for name, artifact in variants.items():
+            made = MakeInputs(
                 self.run / "student.onnx",
                 self.run.artifact(name),
                 calibration,
-                spec.mean,
-                spec.std,
+                tuple(spec.mean),
+                tuple(spec.std),
                 method=q.method,
                 max_samples=q.samples,
                 seed=r.seed,
-                for_tensorrt=for_tensorrt,
+                student=student,
             )
-            info["calibration_samples"] = result.calibration_samples
-            info["models"][name] = {
-                "bytes": result.size_bytes,
-                "fp32_bytes": result.fp32_size_bytes,
-                "for_tensorrt": for_tensorrt,
-                "reduce_range": result.reduce_range,  # true: 7-bit weights, as this x86 CPU has no VNNI/AMX
-            }
+            facts = dict(artifact.make(made))
+            if (samples := facts.pop("calibration_samples", None)) is not None:
+                info["calibration_samples"] = samples
+            info["models"][name] = facts  # bytes, fp32_bytes, for_tensorrt, reduce_range (backends/runtime.py)
             progress.advance(task)
         atomic_write_json(self.run.artifact("int8.json"), info)
         log.info("export: int8 %s", json.dumps(info))
         return [*variants, "int8.json"]
 
     def stage_validate(self, progress: Progress) -> None:
-        r = self.recipe
+        r = with_chosen_student(self.recipe, self.run.path)
         eval_set = self.eval_set()
         spec = r.teacher.input
         teacher_logits = predict_torch(self.teacher, eval_set.images, spec)
@@ -519,98 +646,114 @@ class Pipeline:
                 self.run / "student.onnx", self.run / "student.int8.onnx", eval_set, spec, teacher_pred
             )
             int8_summary = json.loads((self.run / "int8.json").read_text()) | int8_summary
-        results, rows = [], []
+        selection = json.loads((self.run / "selection.json").read_text())
+        reference = Reference(teacher_pred, teacher_acc, student_logits, int8_reference, teacher_class_share(selection))
+        gated = []
         for target in r.targets:
-            task = progress.add_task(f"validate: {target.name}", total=len(eval_set.images), info=target.runtime)
             resolved = target.resolved(r)
-            advance = lambda n, t=task: progress.advance(t, n)
-            res = validate_target(
-                resolved,
-                self.target_model(target),
-                eval_set,
-                spec,
-                teacher_pred,
-                teacher_acc,
-                on_progress=advance,
-                int8_reference=int8_reference,
-                reference_logits=student_logits,
-                engine_path=self.engine_plan(target, target.precision),
-            )
-            results.append(res)
+            if self.rounds is not None:
+                resolved = resolved.model_copy(update={"rounds": self.rounds})
+            gated.append(Gated(resolved, self.target_model(target), self.engine_plan(target, target.precision)))
+        rows = []
+
+        def progress_of(item: Gated) -> Callable[[int], None]:
+            task = progress.add_task(f"validate: {item.target.name}", total=len(eval_set.images), info=item.target.runtime)
+            return lambda n: progress.advance(task, n)
+
+        def time_other_models(item: Gated, res) -> None:
+            """The deployment table's rows of this target: the gated model and the others it also times, ungated."""
+            target = item.target
             log.info("validate %s: %s", target.name, res)
-            model_for = lambda precision, t=target: path if (path := self.target_model(t, precision)).is_file() else None
-            others = models_to_time(resolved, model_for, self.teacher_model())
+            model_for = lambda precision: path if (path := self.target_model(target, precision)).is_file() else None
+            others = models_to_time(target, model_for, self.teacher_model())
             students = sum(model == "student" for model, *_ in others)
             other_task = progress.add_task(f"validate: {target.name}, other models", total=len(eval_set.images) * students, info="")
-            rows += measure_target(
-                resolved,
-                res,
-                self.target_model(target),
-                others,
-                eval_set,
-                spec,
-                teacher_pred,
-                teacher_acc,
-                student_logits,
-                int8_reference,
-                on_progress=lambda n, t=other_task: progress.advance(t, n),
-                engine_for=lambda precision, t=target: self.engine_plan(t, precision),
-                teacher_scored_in=self.teacher_runtime(),
+            rows.extend(
+                measure_target(
+                    target,
+                    res,
+                    item.model,
+                    others,
+                    eval_set,
+                    spec,
+                    teacher_pred,
+                    teacher_acc,
+                    student_logits,
+                    int8_reference,
+                    on_progress=lambda n: progress.advance(other_task, n),
+                    engine_for=lambda precision: self.engine_plan(target, precision),
+                    teacher_scored_in=self.teacher_runtime(),
+                )
             )
-        for row in rows:
-            if row["error"] and not row["gated"]:
-                log.warning("validate %s: %s %s not measured: %s", row["target"], row["model"], row["precision"], row["error"])
-        selection = json.loads((self.run / "selection.json").read_text())
-        layers = json.loads((self.run / "student.json").read_text()).get("feature_layers") or {}
-        report = Report(
-            name=r.name,
-            eval={
-                "name": eval_set.name,
-                "samples": len(eval_set.images),
-                "labeled": eval_set.labels is not None,
-                "unreadable": len(eval_set.unreadable),
-                "unreadable_examples": eval_set.unreadable[:5],
-            },
-            teacher={
-                "arch": r.teacher.arch,
-                "parameters": count_parameters(self.teacher),
-                "accuracy": teacher_acc,
-                "runtime": self.teacher_runtime(),
-                "feature_layer": layers.get("teacher"),
-            },
-            student={
-                "arch": r.student.arch,
-                "parameters": count_parameters(student),
-                "onnx_bytes": (self.run / "student.onnx").stat().st_size,
-                "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None,
-                "accuracy": student_score if eval_set.labels is not None else None,
-                "agreement": float((student_logits.argmax(1) == teacher_pred).mean()),
-                "scored_in": "pytorch",
-                "feature_layer": layers.get("student"),
-                "kept_epoch": (self.run.read_record("distill") or {}).get("info", {}).get("kept_epoch"),
-                "keep": r.distill.keep,
-                "epochs": r.distill.epochs,
-            },
-            int8=int8_summary,
-            deployment={"rows": rows, "recommendation": recommend(rows, student_score, basis)},
-            warnings=student_warnings(student_score, basis, r.teacher.num_classes, teacher_acc),
-            selection=selection,
-            throughput={
-                "select": selection.get("throughput"),
-                "distill": (self.run.read_record("distill") or {}).get("info", {}).get("throughput"),
-            },
-            parity=json.loads((self.run / "parity.json").read_text()),
-            history=json.loads((self.run / "history.json").read_text()),
-            targets=[target_entry(t, target.budget) for t, target in zip(results, r.targets)],
-            versions=package_versions(),
-        ).as_json()
-        atomic_write_json(
-            self.run.artifact("latency_samples.json"),
-            {t.name: {"batch": 1, "samples_ms": t.latency_samples_ms} for t in results if t.latency_samples_ms},
+
+        def sections(results: list) -> dict:
+            """The run's sections of report.json, beside the eval set and targets every validation reports."""
+            for row in rows:
+                if row["error"] and not row["gated"]:
+                    log.warning("validate %s: %s %s not measured: %s", row["target"], row["model"], row["precision"], row["error"])
+            layers = json.loads((self.run / "student.json").read_text()).get("feature_layers") or {}
+            planned = {}
+            if self.recipe.student.planned:  # the plan that chose the student (stages/plan.py)
+                planned["plan"] = json.loads((self.run / PLAN_FILE).read_text()) if (self.run / PLAN_FILE).is_file() else None
+            return planned | {
+                "teacher": {
+                    "arch": r.teacher.arch,
+                    "parameters": count_parameters(self.teacher),
+                    "accuracy": teacher_acc,
+                    "runtime": self.teacher_runtime(),
+                    "feature_layer": layers.get("teacher"),
+                },
+                "student": {
+                    "arch": r.student.arch,
+                    "parameters": count_parameters(student),
+                    "onnx_bytes": (self.run / "student.onnx").stat().st_size,
+                    "int8_onnx_bytes": (self.run / "student.int8.onnx").stat().st_size if int8_summary else None,
+                    "accuracy": student_score if eval_set.labels is not None else None,
+                    "agreement": float((student_logits.argmax(1) == teacher_pred).mean()),
+                    "scored_in": "pytorch",
+                    "feature_layer": layers.get("student"),
+                    "kept_epoch": (self.run.read_record("distill") or {}).get("info", {}).get("kept_epoch"),
+                    "keep": r.distill.keep,
+                    "epochs": r.distill.epochs,
+                },
+                "int8": int8_summary,
+                "deployment": {"rows": rows, "recommendation": recommend(rows, student_score, basis)},
+                "warnings": student_warnings(student_score, basis, r.teacher.num_classes, teacher_acc),
+                "selection": selection,
+                "throughput": {
+                    "select": selection.get("throughput"),
+                    "distill": (self.run.read_record("distill") or {}).get("info", {}).get("throughput"),
+                },
+                "parity": json.loads((self.run / "parity.json").read_text()),
+                "history": json.loads((self.run / "history.json").read_text()),
+            }
+
+        # a what-if's report goes beside the run's, which stays the gate's verdict
+        _, results = validate_and_report(
+            self.run,
+            r.name,
+            gated,
+            eval_set,
+            spec,
+            reference,
+            sections=sections,
+            prefix=WHAT_IF_DIR + "/" if self.what_if else "",
+            progress=progress_of,
+            then=time_other_models,
         )
-        atomic_write_json(self.run.artifact("report.json"), report)
-        self.run.artifact(*GATE_FILES, "report.html")
-        write_gate_files(self.run.path, report)
+        if self.what_if:
+            return
+        self._write_report_html()
+        unsettled = [
+            t.name for t in results if (t.latency or {}).get("contended") or any(verdict_of(v) == "inconclusive" for v in t.verdicts)
+        ]
+        if unsettled:
+            log.info("validate: %s measured on a busy machine or inconclusive: the next run measures again", ", ".join(unsettled))
+        self.run.mark_done("validate", self.inputs("validate"), ["report.json", "latency_samples.json"], final=not unsettled)
+
+    def _write_report_html(self) -> None:
+        """report.html beside the run's report.json, which validate_and_report wrote with the gate files."""
+        self.run.artifact("report.html")
         try:
             write_report_html(self.run.path)
         except Exception as exc:  # the gate's verdict must not hinge on drawing a plot
@@ -618,14 +761,36 @@ class Pipeline:
             self.console.print(
                 f"[yellow]validate: report.html not written ({type(exc).__name__}: {exc}); `edgedistill report {self.run.path}` retries"
             )
-        self.run.mark_done("validate", self.inputs("validate"), ["report.json", "latency_samples.json"])
 
-    def run_stages(
-        self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = (), record_recipe: bool = True
-    ) -> dict:
+    def run_what_if(self, saved: Recipe) -> dict:
+        """Validates this pipeline's recipe, a what-if of `saved` (the recipe the run was made with), and returns its
+        report, written to WHAT_IF_DIR. Select, distill and export must be up to date under `saved`, and the what-if
+        must leave their sections alone: it never retrains, re-exports, or changes what the run recorded."""
+        for stage in ("select", "distill", "export"):
+            changed = [name for name in STAGE_INPUTS[stage][0] if self.recipe.section(name) != saved.section(name)]
+            if changed:
+                raise BadInput(
+                    f"a what-if only re-validates, but it changes {', '.join(changed)}, which {stage} depends on; run "
+                    f"`edgedistill compress` with that --set to redo {stage}, or add --save"
+                )
+        stale = Pipeline(saved, self.run.path, self.console).stale_stages(("select", "distill", "export"))
+        if stale:
+            stage, why = stale[0]
+            raise BadInput(
+                f"{self.run.path}: {stage} is out of date ({why}); a what-if never redoes it: run `edgedistill compress` "
+                "(or `validate --run-dir` without --set/--target) first"
+            )
+        self.what_if = True
+        self.run.open()
+        try:
+            with _progress(self.console) as progress:
+                self.stage_validate(progress)
+        finally:
+            self.run.close()
+        return json.loads((self.run / WHAT_IF_DIR / "report.json").read_text())
+
+    def run_stages(self, stages: tuple[str, ...] = STAGES, fresh: bool = False, force: tuple[str, ...] = ()) -> dict:
         """Runs `stages` and whatever earlier stage they need; a stage already done with the same inputs is skipped.
-
-        `record_recipe` False keeps the run.json an earlier run wrote (a what-if re-gate), so its overrides do not stick.
 
         Under torchrun every rank scores and trains; rank 0 alone decides what is done, writes, exports and validates."""
         main = self.world.main
@@ -635,22 +800,25 @@ class Pipeline:
         if main:
             try:
                 self.run.open()
+                # a user's file under a name a stage writes (every runtime's files too): refused before any work
+                self.run.refuse_foreign([*ARTIFACTS, *(a.file for row in RUNTIMES.values() for a in row.artifacts.values())])
             except BadInput as exc:
+                self.run.close()
                 claimed = str(exc)
         claimed = broadcast_object(claimed)  # every rank ends with the same one line
         if claimed is not None:
             raise BadInput(claimed)
         try:
-            return self._run_stages(stages, fresh, force, record_recipe)
+            return self._run_stages(stages, fresh, force)
         finally:
             self.run.close()
 
-    def _run_stages(self, stages: tuple[str, ...], fresh: bool, force: tuple[str, ...], record_recipe: bool = True) -> dict:
+    def _run_stages(self, stages: tuple[str, ...], fresh: bool, force: tuple[str, ...]) -> dict:
         main = self.world.main
         if fresh and main:
             self.run.clear()
             self._remove_distill_scratch()
-        if main and (record_recipe or not (self.run / "run.json").is_file()):
+        if main:
             atomic_write_json(
                 self.run.artifact("run.json"),
                 {
@@ -664,15 +832,26 @@ class Pipeline:
             )
         last = max(STAGES.index(s) for s in stages)
         with _file_log(self.run.artifact("run.log")) if main else nullcontext(), _progress(self.console) as progress:
+            if self.cpu_threads:
+                log.info("compute: %s", json.dumps(self.cpu_threads))
             for stage in STAGES[: last + 1]:
+                if not self.applies(stage):
+                    continue
                 if not main and stage not in RANKED_STAGES:
+                    if stage == "plan":  # rank 0 plans; the others read its choice from the run directory
+                        continue
                     break
-                done = stage not in force and self.run.is_done(stage, self.inputs(stage)) if main else None
+                done, why = (stage not in force and self.run.is_done(stage, self.inputs(stage)), None) if main else (None, None)
+                if main and not done and stage not in force:
+                    why = self.run.why_stale(stage, self.inputs(stage)) or "its last result was not final (measured on a busy machine)"
                 if stage in RANKED_STAGES:
                     done = broadcast_object(done)
                 if done:
                     self.console.print(f"[dim]{stage}: up to date, skipped")
                     continue
+                if why and why != "not done yet":
+                    self.console.print(f"{stage}: redone: {why}", highlight=False)
+                    log.info("%s: redone: %s", stage, why)
                 started = time.perf_counter()
                 getattr(self, f"stage_{stage}")(progress)
                 log.info("%s: done in %.1f s", stage, time.perf_counter() - started)
@@ -686,12 +865,16 @@ def compress(
     fresh: bool = False,
     stages: tuple[str, ...] = STAGES,
     console: Console | None = None,
-    record_recipe: bool = True,
+    what_if_of: Recipe | None = None,
+    rounds: int | None = None,
 ) -> dict:
     """Python API of `edgedistill compress`: returns the report (also written to RUN_DIR/report.json).
 
-    `record_recipe` False leaves an existing RUN_DIR/run.json as it is: a what-if re-gate (`validate --run-dir --set`)
-    must not become the recipe the next plain re-gate uses.
+    `what_if_of`: the recipe the run in RUN_DIR was made with, of which `recipe` is a what-if (`validate --run-dir
+    --set/--target`): only validation runs, its report goes to RUN_DIR/what-if/, and the run keeps its recipe,
+    its artifacts and the verdict `gate` reports (Pipeline.run_what_if).
+
+    `rounds`: latency rounds of every target for this invocation (Pipeline's `rounds`).
 
     Launched by torchrun, every process joins the process group; ranks other than 0 return {} after distill.
 
@@ -700,25 +883,103 @@ def compress(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     check_recipe(recipe)
-    if not init_world(recipe.compute.device).main:
+    # compute, built-in sources and every target, in seconds and before the first stage (or init_world's CUDA setup)
+    run_preflight(recipe, stages, console or Console(stderr=True))
+    here = init_world(recipe.compute.device)
+    if not here.main:
         console = Console(stderr=True, quiet=True)
     console = console or Console(stderr=True)
-    if "validate" in stages:
-        for target in recipe.targets:  # found now, not after a distillation
-            probe = {"usable": True} if target.ssh else RUNTIMES[target.runtime].probe()
-            if not probe.get("usable"):
-                console.print(
-                    f"[yellow]target {target.name}: runtime {target.runtime} is not usable here ({probe.get('detail')}); "
-                    "it will be reported unavailable (exit 4)",
-                    highlight=False,
-                )
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     forced = stages if len(stages) == 1 else ()
+    threads = None
+    if here.device.type == "cpu" and {"select", "distill"} & set(stages):
+        count, threads = cpu_threads(recipe.compute.threads, here.local_size)
+        torch.set_num_threads(count)
     try:
-        report = Pipeline(recipe, run_dir, console).run_stages(stages, fresh=fresh, force=forced, record_recipe=record_recipe)
+        pipeline = Pipeline(recipe, run_dir, console, rounds=rounds)
+        pipeline.cpu_threads = threads
+        report = pipeline.run_what_if(what_if_of) if what_if_of is not None else pipeline.run_stages(stages, fresh=fresh, force=forced)
     finally:
         close_world()
     error = gate_error(report, run_dir=run_dir) if report else None
     if error is not None:
         raise error
     return report
+
+
+def regate(
+    run_dir: Path | str | None,
+    recipe_path: Path | None = None,
+    overrides: list[str] | tuple = (),
+    only_targets: list[str] | tuple = (),
+    target_updates: dict | None = None,
+    rounds: int | None = None,
+    save: bool = False,
+    fresh: bool = False,
+    console: Console | None = None,
+    check: Callable[[Recipe], None] | None = None,
+) -> dict:
+    """`validate --run-dir DIR` (the recipe DIR recorded) or `validate RECIPE`: validates the run again, redoing what
+    is out of date. --set (`overrides`), --target (`only_targets`) and `target_updates` (applied to every target)
+    without `save` make it a what-if where DIR holds a run (compress's `what_if_of`): the run's recipe, artifacts and
+    verdict stay as they were. --rounds (`rounds`) alone re-measures the run itself with more rounds (the retry of an
+    inconclusive verdict). `check` names a bad extension name (the CLI blames the --set option)."""
+    if save and only_targets:
+        raise BadInput("--target chooses what one invocation checks and is never saved; drop --save or --target")
+    chosen = recipe_for_regate(Path(run_dir) if run_dir is not None else None, recipe_path, list(overrides), list(only_targets))
+    if target_updates:
+        chosen = chosen.model_copy(update={"targets": [t.model_copy(update=target_updates) for t in chosen.targets]})
+    if check is not None:
+        check(chosen)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / chosen.name
+    saved = None
+    if (overrides or only_targets or target_updates) and not save and (run_dir / "run.json").is_file():
+        if fresh:
+            raise BadInput("--fresh redoes the run, which a what-if (--set or --target without --save) never does")
+        saved = recipe_for_regate(run_dir, recipe_path, [], [])
+        if rounds is not None:
+            chosen = chosen.model_copy(update={"targets": [t.model_copy(update={"rounds": rounds}) for t in chosen.targets]})
+    return compress(chosen, run_dir, fresh=fresh, stages=("validate",), console=console, what_if_of=saved, rounds=rounds)
+
+
+def gate_report(run_dir: Path | str) -> dict:
+    """The report `edgedistill gate` judges: the last complete validation of the run's recorded recipe and of the
+    files it names as they are now. Raises BadInput (exit 2) saying why there is none: no report yet, a stage out of
+    date (the teacher's weights, the pool or the evaluation images changed, a rerun was stopped before it validated),
+    or, for a `validate MODEL.onnx` report, a model file that changed since."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{run_dir}: no report.json; run compress (or validate) for it first") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: not readable ({type(exc).__name__}); run validate for it again") from None
+    if not isinstance(report, dict) or not isinstance(report.get("targets"), list):
+        raise BadInput(f"{path}: not a report edgedistill wrote; run validate for it again")
+    model = report.get("model")
+    if isinstance(model, dict):  # `validate MODEL.onnx`: the verdict stands while the model file is the same
+        file = Path(str(model.get("path")))
+        if not file.is_file() or _onnx_digest(file) != model.get("sha256"):
+            raise BadInput(
+                f"{run_dir}: the model it validated, {file}, {'is gone' if not file.is_file() else 'changed since'}; "
+                f"run `edgedistill validate {file} --out {run_dir}` again"
+            )
+        return report
+    recipe = recipe_for_regate(run_dir, None, [], [])
+    stale = Pipeline(recipe, run_dir, Console(quiet=True)).stale_stages(STAGES, ignore=("precision",))
+    if stale:
+        stage, why = stale[0]
+        raise BadInput(
+            f"{run_dir}: no complete validation of the run's recipe and files as they are now: {stage} is out of date "
+            f"({why}); run `edgedistill validate --run-dir {run_dir}` (it redoes what is out of date)"
+        )
+    return report
+
+
+def _onnx_digest(path: Path) -> str | None:
+    """The model's and its external data's sha256; None when it no longer reads as ONNX."""
+    try:
+        return onnx_info(path).digest()
+    except BadInput:
+        return None

@@ -4,6 +4,7 @@ given as strings or a dict."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 import edgedistill
 from edgedistill.config.load import load_recipe
-from edgedistill.config.schema import InputSpec
+from edgedistill.config.schema import InputSpec, TargetSpec
 from edgedistill.errors import BadInput, BudgetFailed
 from edgedistill.models.factory import create_model
 from edgedistill.stages.export import export_onnx
@@ -77,3 +78,90 @@ def test_quantize_a_model_file_on_a_folder(model_and_images, tmp_path):
     assert result["calibration_samples"] == 8 and result["unreadable"] == [] and result["size_bytes"] < result["fp32_size_bytes"]
     with pytest.raises(BadInput, match="quantize takes method, samples, seed, for_tensorrt, mean, std; did you mean 'method'"):
         edgedistill.quantize(model, labeled, tmp_path / "x.onnx", ["methd=entropy"])
+
+
+# ------------------------------------------------------------------ one validation path, defaults in the schema only
+
+
+def test_a_model_file_is_validated_with_the_schemas_defaults(model_and_images, tmp_path):
+    """Nothing given: the target is TargetSpec's defaults, as a recipe's target would be, named after its runtime."""
+    model, _ = model_and_images
+    field = TargetSpec.model_fields
+    report = edgedistill.validate(model, {"budget.p99_ms": 1000}, out_dir=tmp_path / "defaults")
+    target = report["targets"][0]
+    assert target["name"] == target["runtime"] == field["runtime"].default and target["precision"] == field["precision"].default
+    assert target["latency"]["iterations"] == field["iterations"].default and target["latency"]["rounds"] == field["rounds"].default
+    assert target["facts"]["intra_op_threads"] == field["threads"].default
+    assert [point["batch"] for point in target["batch_sweep"]] == field["batch_sizes"].default
+
+
+def test_the_validate_options_show_the_schemas_defaults():
+    import typer
+
+    from edgedistill.cli import app
+
+    command = typer.main.get_command(app).commands["validate"]
+    helps = {opt: param.help for param in command.params for opt in param.opts}
+    for option, name in (("--iterations", "iterations"), ("--warmup", "warmup"), ("--threads", "threads"), ("--rounds", "rounds")):
+        assert f"(default {TargetSpec.model_fields[name].default}" in helps[option], (option, helps[option])
+    for option, name in (("--runtime", "runtime"), ("--on-inconclusive", "on_inconclusive"), ("--trtexec", "trtexec")):
+        assert f"(default: {TargetSpec.model_fields[name].default}" in helps[option], (option, helps[option])
+
+
+def test_model_file_settings_are_a_targets_keys_and_the_file_options(model_and_images, tmp_path):
+    model, labeled = model_and_images
+    with pytest.raises(BadInput) as info:
+        edgedistill.validate(model, {"also_time": []}, out_dir=tmp_path / "x")
+    keys = [name for name in TargetSpec.model_fields if name not in ("budget", "also_time")]
+    assert f"validate MODEL.onnx takes {', '.join(keys)}, labeled, mean, std, limit, duration_s and budget.NAME" in str(info.value)
+    with pytest.raises(BadInput, match=r"budget\.min_accuracy: Input should be less than or equal to 1"):
+        edgedistill.validate(model, {"budget.min_accuracy": 2}, out_dir=tmp_path / "x")  # was pydantic's ValidationError
+    with pytest.raises(BadInput, match=r"^precision: Input should be 'fp32', 'fp16' or 'int8'"):
+        edgedistill.validate(model, {"precision": "fp64"}, out_dir=tmp_path / "x")
+    settings = {"name": "cpu", "batch_sizes": [4], "iterations": 10, "warmup": 0, "rounds": 2, "mean": 0.5, "std": [0.5]}
+    report = edgedistill.validate(model, {**settings, "labeled": str(labeled), "limit": 6}, out_dir=tmp_path / "set")
+    target = report["targets"][0]
+    assert target["name"] == "cpu" and [point["batch"] for point in target["batch_sweep"]] == [4]
+    assert target["latency"]["iterations"] == 10 and target["latency"]["rounds"] == 2
+    assert report["model"]["input"]["mean"] == [0.5] and report["eval"]["samples"] == 6
+
+
+def test_compress_and_a_model_file_write_the_report_on_one_path(model_and_images, compressed_run, tmp_path, monkeypatch):
+    """validate_and_report measures and writes report.json and the gate files for a run and for a model file alike."""
+    from edgedistill import pipeline
+    from edgedistill.stages import validate
+
+    calls = []
+
+    def spy(run, name, gated, *args, **kwargs):
+        calls.append((name, [g.target.name for g in gated], kwargs.get("prefix", "")))
+        return original(run, name, gated, *args, **kwargs)
+
+    original = validate.validate_and_report
+    monkeypatch.setattr(validate, "validate_and_report", spy)
+    monkeypatch.setattr(pipeline, "validate_and_report", spy)
+    model, _ = model_and_images
+    edgedistill.validate(model, {"iterations": 10, "warmup": 0}, out_dir=tmp_path / "gate")
+    run = compressed_run.copy(tmp_path)
+    with pytest.raises(BudgetFailed):
+        edgedistill.validate(run, {"targets.0.budget.min_accuracy": 1.0})
+    assert calls[0] == ("lenet", ["onnxruntime"], "") and calls[1][2] == "what-if/" and len(calls) == 2
+    assert {p.name for p in (tmp_path / "gate").iterdir()} >= {"report.json", "latency_samples.json", "junit.xml", "summary.md"}
+
+
+def test_the_export_parity_check_is_the_targets_logit_comparison(monkeypatch):
+    """parity.json keeps its fields, taken from compare_outputs' dict: the one comparison of logits."""
+    from edgedistill.stages import validate
+    from edgedistill.stages.export import Parity, check_parity, parity_dict
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 3)).astype(np.float32)
+    comparison = validate.compare_outputs(logits + 0.01, logits)
+    assert parity_dict(Parity.of(comparison)) == {key: comparison[key] for key in ("samples", "max_abs_diff", "top1_agreement")}
+    seen = []
+    monkeypatch.setattr(validate, "compare_outputs", lambda got, expected: seen.append(len(got)) or comparison)
+    model = create_model("lenet5", 3, 1).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, SPEC, Path(folder) / "m.onnx")
+        images = rng.integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+        assert check_parity(model, path, images, SPEC) == Parity.of(comparison) and seen == [5]

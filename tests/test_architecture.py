@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgedistill.backends import RUNTIMES
 from edgedistill.config.load import recipe_from_dict
 from edgedistill.errors import BadInput
 from edgedistill.extensions import check_recipe, recipe_schema
 from edgedistill.inputs.images import decode_image, sample_folder
 from edgedistill.inputs.labeled import read_class_folders
-from edgedistill.inputs.pool import FolderPart
+from edgedistill.inputs.pool import SOURCES, FolderPart
+from edgedistill.models.teachers import FORMATS
+from edgedistill.registry import Registry
 from edgedistill.stages.losses import LOSSES, LossPart
 from edgedistill.stages.select import STRATEGIES, Strategy
 
@@ -30,7 +33,9 @@ LAYERS = [
     ("models", ("models",)),
     ("config.load", ("config",)),
     ("scale", ("scale",)),
-    ("backends", ("backends",)),
+    # the export functions a runtime row names as the makers of the files it runs (backends/runtime.py) sit with the
+    # backends: they import nothing above them
+    ("backends", ("backends", "stages.quantize", "stages.fp16")),
     ("results", ("results",)),
     ("stages", ("stages",)),
     ("composition", ("extensions", "pipeline", "doctor")),
@@ -158,14 +163,36 @@ def test_a_registered_strategy_and_loss_reach_the_recipe_and_its_schema():
         LOSSES._entries.pop("logit_l1")
 
 
+def test_every_extension_point_is_a_registry_and_each_runtime_row_owns_its_runtime():
+    """Runtimes, strategies, losses, teacher formats and pool sources are Registries (so a plugin adds to each the
+    same way); a runtime row says, itself, the file it runs at each precision and how it is made, and what to install."""
+    assert all(isinstance(r, Registry) for r in (RUNTIMES, STRATEGIES, LOSSES, FORMATS, SOURCES))
+    for name, row in RUNTIMES.items():
+        assert row.name == name and row.install and row.precisions and "fp32" in row.precisions
+        for precision in row.precisions:
+            artifact = row.artifact_for(precision)
+            assert artifact.file.startswith("student.")  # not always ONNX: litert runs .tflite files
+            assert (artifact.make is None) == (artifact.file == "student.onnx")  # every other file has its maker
+    files = {r.name: {p: r.artifact_for(p).file for p in r.precisions} for r in RUNTIMES.values()}
+    assert files["openvino"] == {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
+    assert files["trtexec"] == files["tensorrt"] == {"fp32": "student.onnx", "fp16": "student.onnx", "int8": "student.int8.trt.onnx"}
+    assert files["onnxruntime"] == {"fp32": "student.onnx", "int8": "student.int8.onnx"}
+    assert files["litert"] == {"fp32": "student.tflite", "int8": "student.int8.tflite"}
+
+
 def test_unknown_names_are_one_line_with_the_nearest():
     cases = [
         ({"select": {"strategy": "balance"}}, "select.strategy: unknown 'balance'; did you mean 'balanced'"),
-        ({"distill": {"loss": {"kd": 1, "temperature": 1}}}, "distill.loss: unknown 'temperature'"),
+        ({"distill": {"loss": {"kd": 1, "logit_l2": 1}}}, "distill.loss: unknown 'logit_l2'"),  # `temperature` here is format 1's
         ({"distill": {"loss": {"kd": 0}}}, "every weight is 0"),
         ({"targets": [{"name": "x", "runtime": "openvin"}]}, "did you mean 'openvino'"),
         ({"targets": [{"name": "x", "runtime": "onnxruntime", "precision": "fp16"}]}, "needs runtime: openvino or tensorrt or trtexec"),
         ({"targets": [{"name": "x", "runtime": "openvino", "ssh": "board"}]}, "runs on this machine"),
+        (
+            {"targets": [{"name": "x", "runtime": "openvino", "trtexec": "/usr/bin/trtexec"}]},
+            "targets.0: trtexec .the trtexec binary.: they need runtime: trtexec; runtime openvino does not read trtexec",
+        ),
+        ({"targets": [{"name": "x", "runtime": "tensorrt", "threads": 2}]}, "runtime tensorrt does not read threads"),
         ({"export": {"int8": {"enabled": False}}, "targets": [{"name": "x", "precision": "int8"}]}, "needs the INT8 model"),
     ]
     for changes, needle in cases:

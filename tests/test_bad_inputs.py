@@ -42,6 +42,16 @@ def class_folders(tmp_path: Path, names: list[str]) -> Path:
     return tmp_path / "labeled"
 
 
+def undecodable_folders(tmp_path: Path) -> Path:
+    """A labeled folder whose every file has an image suffix but no image in it."""
+    folder = tmp_path / "undecodable"
+    for name in ("0", "1"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            (folder / name / f"broken{i}.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
 def not_a_classifier(tmp_path: Path) -> Path:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 28, 28])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1, 28, 28])
@@ -81,6 +91,14 @@ RECIPE_CASES = [
         "needs the INT8 model",
     ),
     ("resampling without a reservoir", set_key("distill", "resample", {"every": 2}), "set select.reservoir above 1"),
+    (
+        "known_hosts missing",
+        lambda d: d["targets"].append({"name": "board", "ssh": "jetson", "known_hosts": "/nonexistent/known_hosts"}),
+        "targets.1.known_hosts: /nonexistent/known_hosts does not exist (target board)",
+    ),
+    ("name is an absolute path", set_key("name", "/tmp/elsewhere"), "name: Value error, the name must be a plain name"),
+    ("name climbs out of runs/", set_key("name", "../outside"), "use --run-dir DIR to choose where the run goes"),
+    ("name with a separator", set_key("name", "a/b"), "name: Value error, the name must be a plain name"),
 ]
 
 
@@ -103,6 +121,7 @@ SET_CASES = [
     ("wrong type", "distill.epochs=many", "--set distill.epochs=many: distill.epochs: Input should be a valid integer"),
     ("unknown strategy", "select.strategy=balance", "--set select.strategy=balance: select.strategy: unknown 'balance'; did you mean"),
     ("not key=value", "distill.epochs", "--set distill.epochs: expected section.key=value"),
+    ("YAML syntax in the value", "distill.epochs=[1,", "--set distill.epochs=[1,: the value is not valid YAML"),
 ]
 
 
@@ -155,6 +174,7 @@ def test_bad_files_folders_models_and_manifests(tmp_path):
             None,
         ),
         (set_key("teacher", "arch", "torchvision:resnet50"), "holds another architecture", None),
+        (set_key("eval", {"labeled": str(undecodable_folders(tmp_path))}), "eval.labeled: none of the 6 images tried", "broken"),
     ]
     for i, (edit, needle, more) in enumerate(cases):
         folder = tmp_path / f"case{i}"
@@ -188,3 +208,50 @@ def test_validate_model_that_is_not_a_classifier_or_not_a_model(tmp_path):
         assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
         assert not (tmp_path / "out").exists()
     assert (ROOT / "recipes" / "demo.yaml").is_file()
+
+
+def vendor_onnx(folder: Path, opset: int = 17, external: bool = False) -> Path:
+    """A 28x28 grayscale 10-class ONNX classifier (Flatten, Gemm), optionally with its weights in model.onnx.data."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((784, 10)).astype(np.float32), "w")]
+    weights.append(numpy_helper.from_array(np.zeros(10, np.float32), "b"))
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
+        "vendor",
+        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 10])],
+        weights,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    path = folder / "model.onnx"
+    onnx.save(proto, str(path), save_as_external_data=external, location="model.onnx.data", size_threshold=0)
+    return path
+
+
+def test_vendor_onnx_teacher_mistakes_are_one_line(tmp_path):
+    """A vendor ONNX teacher moved without its external data, given an unknown output or a newer opset than this
+    onnxruntime runs: exit 2, one line, found when the recipe loads, before any stage."""
+    gray = {"mean": [0.1307], "std": [0.3081]}
+    external = tmp_path / "external"
+    external.mkdir()
+    moved = vendor_onnx(external, external=True)
+    (external / "model.onnx.data").unlink()
+    future = tmp_path / "future"
+    future.mkdir()
+    cases = [
+        ({"arch": "onnx", "weights": str(moved), "input": gray}, "model.onnx.data, which is missing", "keep it beside model.onnx"),
+        ({"arch": "onnx", "weights": str(vendor_onnx(tmp_path)), "input": gray, "output": "logit"}, "has no output 'logit'", "'logits'"),
+        ({"arch": "onnx", "weights": str(vendor_onnx(future, opset=99)), "input": gray}, "declares ONNX opset 99", "upgrade onnxruntime"),
+    ]
+    for i, (teacher, needle, more) in enumerate(cases):
+        folder = tmp_path / f"case{i}"
+        folder.mkdir()
+        recipe = recipe_with(folder, set_key("teacher", teacher))
+        result = CliRunner().invoke(app, ["compress", str(recipe), "--run-dir", str(folder / "run")], terminal_width=2000)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0] and more in lines[0], result.output
+        assert lines[0].startswith("error: ") and "Traceback" not in result.output and not (folder / "run").exists()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from edgedistill.cli import app
 from tests.remote_run import make_teacher
 
-COMMANDS = ("compress", "select", "distill", "export", "validate", "quantize", "doctor", "report", "gate", "recipe-schema")
+COMMANDS = ("compress", "select", "distill", "export", "validate", "quantize", "doctor", "report", "gate", "recipe-schema", "report-schema")
 
 
 def small_recipe(folder: Path) -> Path:
@@ -76,7 +76,9 @@ def test_what_if_regate_applies_once_unless_saved(compressed_run, tmp_path):
     plain = runner.invoke(app, ["validate", "--run-dir", str(run), "--target", "cpu", "--quiet"])
     assert plain.exit_code == 0, plain.output
     assert plain.output.strip().splitlines() == ["gate: all budgets met"]  # --quiet: the verdict alone
-    saved = runner.invoke(app, [*strict, "--save"])
+    refused = runner.invoke(app, [*strict, "--save"])  # --target is never saved
+    assert refused.exit_code == 2 and "drop --save or --target" in refused.output, refused.output
+    saved = runner.invoke(app, ["validate", "--run-dir", str(run), "--set", "targets.0.budget.min_accuracy=1", "--save"])
     assert saved.exit_code == 3, saved.output
     assert json.loads((run / "run.json").read_text())["recipe"]["targets"][0]["budget"]["min_accuracy"] == 1
     again = runner.invoke(app, ["validate", "--run-dir", str(run), "--target", "cpu", "--quiet"])
@@ -97,3 +99,96 @@ def test_help_names_values_in_words_not_python_types():
     assert "--quiet" in compress
     schema = json.loads(runner.invoke(app, ["recipe-schema"]).output)
     assert all("title" not in section for section in schema["$defs"].values())  # no TeacherSpec, TargetSpec in editors
+
+
+def tiny_onnx(folder: Path) -> Path:
+    import torch
+
+    from edgedistill.config.schema import InputSpec
+    from edgedistill.models.factory import create_model
+    from edgedistill.stages.export import export_onnx
+
+    torch.manual_seed(0)
+    spec = InputSpec(channels=1, size=28, mean=[0.5], std=[0.5])
+    return export_onnx(create_model("lenet5_half", 10, 1).eval(), spec, folder / "a-model-with-a-rather-long-file-name.onnx")
+
+
+def test_piped_output_is_never_wrapped_and_table_cells_are_whole(tmp_path):
+    """A CI log is not an 80-column terminal: a line is one line, a table cell is whole (no "agr…")."""
+    model = tiny_onnx(tmp_path)
+    done = edgedistill_piped(
+        "validate", str(model), "--iterations", "20", "--warmup", "1", "--budget", "p50_ms=1e-6", "--out", str(tmp_path / "o")
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    budget_lines = [line for line in done.stdout.splitlines() if ": p50_ms: measured " in line]
+    assert len(budget_lines) == 1 and budget_lines[0].endswith(" ms)") and "median of 5 rounds" in budget_lines[0]
+    assert "…" not in done.stdout + done.stderr
+    report = {
+        "name": "a-recipe-name-long-enough-to-matter",
+        "eval": {"name": "builtin:mnist-heldout", "samples": 5000},
+        "teacher": {"arch": "torchvision:resnet50"},
+        "student": {"arch": "torchvision:mobilenet_v3_small"},
+        "warnings": ["the student reached 11.00% teacher agreement, barely above chance (10.00% for 10 classes): it has not learned"],
+        "targets": [
+            {"name": "cpu-openvino-int8", "runtime": "openvino", "facts": {"cpu_model": "AMD EPYC 7B13 64-Core Processor"}, "verdicts": []}
+        ],
+        "deployment": {
+            "rows": [
+                {
+                    "target": "cpu-openvino-int8",
+                    "model": "student",
+                    "precision": "int8",
+                    "gated": False,
+                    "error": "no INT8 model",
+                    "accuracy": 0.9632,
+                    "agreement": 0.9658,
+                    "p50_ms": 0.031,
+                    "p99_ms": 0.0495,
+                    "throughput_per_s": 72990.0,
+                    "bytes": 65536,
+                    "speedup": 1.4,
+                }
+            ]
+        },
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    script = f"import json; from edgedistill.cli import print_report; print_report(json.load(open({str(tmp_path / 'report.json')!r})))"
+    printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    assert "…" not in printed.stdout and "student int8 (not measured)" in printed.stdout and "agree" in printed.stdout
+    assert any(
+        line.startswith("warning: the student reached") and line.endswith("it has not learned") for line in printed.stdout.splitlines()
+    )
+
+
+def test_doctor_piped_cuts_no_cell():
+    done = edgedistill_piped("doctor")
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    cpu = [line for line in done.stdout.splitlines() if "│ CPU " in line]
+    assert len(cpu) == 1 and "OMP_NUM_THREADS=" in cpu[0]
+
+
+def test_one_p99_per_model_in_summary_and_report(tmp_path):
+    """A real measurement: the table's p99 and the budget line's p99 are one figure, the gate's median of rounds."""
+    model = tiny_onnx(tmp_path)
+    result = CliRunner().invoke(
+        app, ["validate", str(model), "--iterations", "100", "--warmup", "2", "--budget", "p99_ms=10000", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "o" / "report.json").read_text())["targets"][0]
+    (verdict,) = entry["verdicts"]
+    assert entry["latency"]["p99_ms"] == verdict["measured"] and "pooled" in entry["latency"]
+    summary = (tmp_path / "o" / "summary.md").read_text()
+    shown = f"{verdict['measured']:.4g}"
+    assert f"| {shown} |" in summary and f"| p99_ms | {shown} ms |" in summary
+
+
+def test_every_exit_code_is_documented_where_validate_and_gate_list_them():
+    """Exit 5 (inconclusive) is in `gate --help`, validate's docs and the README's API section."""
+    gate_help = CliRunner().invoke(app, ["gate", "--help"], terminal_width=200).output
+    assert "5 a latency budget inconclusive" in " ".join(gate_help.split())
+    root = Path(__file__).resolve().parents[1]
+    assert "exits 0, 3, 4 or 5" in (root / "docs" / "scale.md").read_text()
+    assert "4 (runtime unavailable) or 5 (a latency budget inconclusive" in (root / "docs" / "deploy.md").read_text()
+    assert "`BudgetInconclusive`" in (root / "README.md").read_text()

@@ -109,7 +109,7 @@ def test_output_diff_and_agreement_budgets_gate_a_run(compressed_run, tmp_path):
     base = ["validate", "--run-dir", str(run), "--target", "cpu", "--set", "targets.0.budget={min_agreement_with_fp32: 0.99}"]
     result = CliRunner().invoke(app, base)
     assert result.exit_code == 0, result.output
-    verdicts = json.loads((run / "report.json").read_text())["targets"][0]["verdicts"]
+    verdicts = json.loads((run / "what-if" / "report.json").read_text())["targets"][0]["verdicts"]  # a what-if's report
     assert [(v["budget"], v["verdict"]) for v in verdicts] == [("min_agreement_with_fp32", "pass")]
     result = CliRunner().invoke(app, [*base[:-1], "targets.0.budget={max_output_diff: 1.0e-12}"])
     assert result.exit_code == 3 and "max_output_diff" in result.output, result.output

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from edgedistill.backends import RUNTIMES
 from edgedistill.backends.onnxruntime import PROVIDER_ALIASES
 from edgedistill.cli import app
-from edgedistill.doctor import INSTALL, collect_facts, facts_table
+from edgedistill.doctor import INSTALL, collect_facts, facts_table, install_hint
 
 STANDIN = Path(__file__).with_name("fake_trtexec_standin.py")
 
@@ -28,7 +28,7 @@ def test_doctor_json_lists_runtimes_providers_gpus_and_cpu(tmp_path, monkeypatch
     result = CliRunner().invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
     facts = json.loads(result.output)
-    assert set(facts) == {"runtimes", "torch_cuda", "nvidia_smi", "gpu_packages", "cpu"}
+    assert set(facts) == {"runtimes", "torch_cuda", "nvidia_smi", "gpu_packages", "cpu", "plugins"}
     assert list(facts["runtimes"]) == list(RUNTIMES)  # every runtime of the table, and only those
     ort_facts = facts["runtimes"]["onnxruntime"]
     assert ort_facts["usable"] and ort_facts["version"] == ort.__version__
@@ -58,11 +58,13 @@ def test_doctor_table_says_what_is_missing(monkeypatch, tmp_path):
     wide.print(facts_table(facts))
     table = wide.file.getvalue()
     assert "JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)" in table and "the NVIDIA driver" in table
-    assert facts["runtimes"]["trtexec"]["install"] == INSTALL["runtime trtexec"]
+    assert facts["runtimes"]["trtexec"]["install"] == RUNTIMES["trtexec"].install == install_hint("runtime trtexec")
     if not facts["runtimes"]["onnxruntime"]["provider_aliases"]["cuda"]:
         assert "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver" in table
 
 
 def test_every_runtime_and_provider_has_an_install_hint():
-    """A runtime added to RUNTIMES (or a provider alias) without a line in doctor.INSTALL fails here, not in a user's doctor."""
-    assert {f"runtime {name}" for name in RUNTIMES} | {f"provider {a}" for a in PROVIDER_ALIASES if a != "cpu"} <= set(INSTALL)
+    """A runtime's hint is its row's (a row without one does not construct); a provider alias without a line in
+    doctor.INSTALL fails here, not in a user's doctor."""
+    assert all(install_hint(f"runtime {name}") for name in RUNTIMES)
+    assert {f"provider {a}" for a in PROVIDER_ALIASES if a != "cpu"} <= set(INSTALL)

@@ -4,8 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgedistill.config.schema import DistillSpec
 from edgedistill.stages.class_drop import drop_classes
-from edgedistill.stages.losses import FeatureLoss, KDLoss, RelationLoss
+from edgedistill.stages.losses import LOSSES, FeatureLoss, KDLoss, RelationLoss
 
 
 def test_drop_classes_keeps_top_k_and_renormalizes():
@@ -75,3 +76,13 @@ def test_drop_classes_min_prob_keeps_argmax():
     dropped = drop_classes(probs, min_prob=0.05)
     torch.testing.assert_close(dropped[0], torch.tensor([0.6, 0.3, 0.06, 0.0]) / 0.96)
     torch.testing.assert_close(drop_classes(probs, min_prob=0.9)[1], torch.tensor([1.0, 0, 0, 0]))
+
+
+def test_kd_default_temperature_is_the_recipes():
+    """KDLoss built directly and KDLoss built from a recipe's `kd` entry (no temperature given) agree: one default."""
+    kd = LOSSES.get("kd", "distill.loss")
+    assert kd is KDLoss
+    default_entry = DistillSpec().loss["kd"]  # the recipe default, a bare weight
+    for entry in (default_entry, {"weight": 0.5}):
+        built = kd.build(kd.params(entry, "distill.loss.kd"), 4, 4)
+        assert built.temperature == KDLoss().temperature == KDLoss.Params().temperature == 1.0

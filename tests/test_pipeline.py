@@ -88,7 +88,7 @@ def test_rerun_skips_finished_stages_and_budget_exit_code(finished_run, tmp_path
         assert f"{stage}: up to date, skipped" in result.output
     strict = CliRunner().invoke(app, ["validate", str(recipe), "--run-dir", str(run), "--set", "targets.0.budget.min_accuracy=0.999"])
     assert strict.exit_code == 3, strict.output
-    assert "min_accuracy" in strict.output and "select: up to date" in strict.output and "distill: up to date" in strict.output
+    assert "min_accuracy" in strict.output and (run / "what-if" / "report.json").is_file()  # a what-if: validation only
     with pytest.raises(BudgetFailed):
         edgedistill.compress(load_recipe(recipe, ["targets.0.budget.p99_ms=0.000001"]), run_dir=run)
 

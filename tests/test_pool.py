@@ -82,3 +82,86 @@ def test_symlinked_folders_and_files_are_followed_and_loops_counted(tmp_path):
     assert labeled.labels.tolist() == [0, 1] and len(labeled.unreadable) == 3
     calibration, bad = sample_folder(tree, GRAY, 10)
     assert len(calibration) == 2 and len(bad) == 3
+
+
+def labeled_tree(root, counts: list[int], broken: int = 0):
+    """Class folders 0..k-1 holding counts[k] distinct PNGs each; `broken` unreadable files in class 0."""
+    rng = np.random.default_rng(1)
+    for c, n in enumerate(counts):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / str(c) / f"{i:03d}.png")
+    for i in range(broken):
+        (root / "0" / f"zz_broken{i}.png").write_bytes(b"not a png")
+    return root
+
+
+def test_labeled_limit_is_a_seeded_class_stratified_sample(tmp_path):
+    """A 100-image limit on a 10-class folder takes 10 of each class (it used to take classes 0-4 only), the same
+    images for the same seed, others for another seed; class sizes are kept in proportion."""
+    from edgedistill.inputs.labeled import read_class_folders
+
+    folder = labeled_tree(tmp_path / "ten", [30] * 10)
+    first = read_class_folders(folder, GRAY, None, 10, limit=100)
+    assert np.bincount(first.labels, minlength=10).tolist() == [10] * 10
+    again = read_class_folders(folder, GRAY, None, 10, limit=100)
+    np.testing.assert_array_equal(first.images, again.images)
+    other = read_class_folders(folder, GRAY, None, 10, limit=100, seed=1)
+    assert not np.array_equal(first.images, other.images)
+    uneven = read_class_folders(labeled_tree(tmp_path / "uneven", [60, 30, 10]), GRAY, None, 3, limit=50)
+    assert np.bincount(uneven.labels).tolist() == [30, 15, 5]
+    assert len(read_class_folders(folder, GRAY, None, 10).images) == 300
+    # strata are the listed files; a sampled file that does not decode is replaced by the next of its class
+    broken = labeled_tree(tmp_path / "broken", [4, 4], broken=2)
+    sample = read_class_folders(broken, GRAY, None, 2, limit=5)
+    assert np.bincount(sample.labels).tolist() == [3, 2] and all("zz_broken" in u for u in sample.unreadable)
+    whole = read_class_folders(broken, GRAY, None, 2)
+    assert len(whole.images) == 8 and len(whole.unreadable) == 2
+
+
+def test_compress_eval_limit_uses_the_recipes_seed_and_builtins_are_stratified(tmp_path):
+    """compress reads eval.limit through the same sampler as `validate --limit`, seeded by the recipe."""
+    from edgedistill.config.load import load_recipe
+    from edgedistill.inputs.builtin import load_builtin
+    from edgedistill.inputs.labeled import load_labeled, read_class_folders
+    from tests.test_pipeline import tiny_recipe
+
+    folder = labeled_tree(tmp_path / "ten", [30] * 10)
+    recipe = load_recipe(tiny_recipe(tmp_path), [f"eval.labeled={folder}", "eval.limit=100", "seed=7"])
+    loaded = load_labeled(recipe.eval.labeled, recipe)
+    direct = read_class_folders(folder, recipe.teacher.input, None, 10, limit=100, seed=7)
+    np.testing.assert_array_equal(loaded.images, direct.images)
+    assert np.bincount(loaded.labels).tolist() == [10] * 10
+
+    recipe = load_recipe(tiny_recipe(tmp_path), ["eval.labeled=builtin:mnist-heldout", "eval.limit=200"])
+    labels = load_builtin("mnist-heldout").labels
+    share = np.bincount(labels, minlength=10) * 200 / len(labels)
+    counts = np.bincount(load_labeled(recipe.eval.labeled, recipe).labels, minlength=10)
+    assert counts.sum() == 200 and (np.abs(counts - share) < 1).all(), (counts, share)
+
+
+def test_a_pool_folder_that_cannot_be_read_names_the_permission(tmp_path):
+    """Not 'no images found': the recipe load says the folder cannot be listed and why."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_pipeline import tiny_recipe
+    from tests.test_rundir import without_root_powers
+
+    locked = labeled_tree(tmp_path / "locked", [2])
+    recipe = tiny_recipe(tmp_path)
+    data = yaml.safe_load(recipe.read_text())
+    data["pool"].append({"folder": str(locked)})
+    recipe.write_text(yaml.safe_dump(data))
+    locked.chmod(0)
+    try:
+        cmd = [sys.executable, "-m", "edgedistill", "compress", str(recipe), "--run-dir", str(tmp_path / "run")]
+        done = subprocess.run(without_root_powers(cmd), capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert f"pool.2.folder: cannot read {locked} (Permission denied)" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

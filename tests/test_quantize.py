@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import platform
+import subprocess
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -428,3 +430,61 @@ def test_fp16_copy_is_half_precision_inside_float32_outside(trained, tmp_path):
     ):
         with pytest.raises(BadInput, match=needle):
             convert_fp16(source, target)
+
+
+def calibration_folder(root: Path, n: int = 8) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(bars(n, seed=3)[0]):
+        Image.fromarray(img[0]).save(root / f"{i}.png")
+    return root
+
+
+def test_quantize_never_replaces_an_existing_file_without_force(trained, tmp_path):
+    """`quantize m.onnx` used to overwrite m.int8.onnx silently: now exit 2 naming it and the two ways out."""
+    import edgedistill
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(trained["fp32"].read_bytes())
+    calib = calibration_folder(tmp_path / "calib")
+    existing = tmp_path / "m.int8.onnx"
+    existing.write_bytes(b"the user's earlier int8 model")
+    args = ["quantize", str(model), "--calib", str(calib), "--mean", "0.5", "--std", "0.5"]
+    refused = CliRunner().invoke(app, args, terminal_width=2000)
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 2 and len(lines) == 1 and "Traceback" not in refused.output, refused.output
+    assert str(existing) in lines[0] and "already exists" in lines[0] and "--out PATH" in lines[0] and "--force" in lines[0]
+    assert existing.read_bytes() == b"the user's earlier int8 model"
+    with pytest.raises(BadInput, match="force=True"):
+        edgedistill.quantize(model, calib, overrides={"mean": [0.5], "std": [0.5]})
+    assert existing.read_bytes() == b"the user's earlier int8 model"
+
+    forced = CliRunner().invoke(app, [*args, "--force"], terminal_width=2000)
+    assert forced.exit_code == 0, forced.output
+    assert onnx_info(existing).quantized
+    again = edgedistill.quantize(model, calib, overrides={"mean": [0.5], "std": [0.5]}, force=True)
+    assert again["path"] == existing and sorted(p.name for p in tmp_path.iterdir()) == ["calib", "m.int8.onnx", "m.onnx"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: writing a model there runs out of space (ENOSPC) for real. Needs root's mount."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tiny tmpfs needs root (and permission to mount)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file(trained, tmp_path, tiny_disk):
+    """ENOSPC while writing is exit 2, `error: PATH: No space left on device; ...`, and no temporary file is left."""
+    calib = calibration_folder(tmp_path / "calib")
+    out = tiny_disk / "m.int8.onnx"
+    args = ["quantize", str(trained["fp32"]), "--calib", str(calib), "--mean", "0.5", "--std", "0.5", "--out", str(out)]
+    result = CliRunner().invoke(app, args, terminal_width=2000)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"error: {tiny_disk}") and "No space left on device" in lines[0] and "free space" in lines[0], lines[0]
+    assert list(tiny_disk.iterdir()) == []

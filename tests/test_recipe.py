@@ -138,3 +138,22 @@ def test_schema_and_version():
     assert schema.exit_code == 0 and '"teacher"' in schema.output and "base_dir" not in schema.output
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and "edgedistill" in version.output
+
+
+@pytest.mark.parametrize("weight", [2.0, 0])
+def test_set_below_a_scalar_loss_keeps_its_weight(tmp_path, weight):
+    """`kd: 2.0` with --set distill.loss.kd.temperature=4 is {weight: 2.0, temperature: 4}, not a silent weight of 1
+    (and `kd: 0` stays off)."""
+    data = base()
+    data["distill"]["loss"] = {"kd": weight, "feature": 1.0}
+    recipe = load_recipe(write(tmp_path, data), ["distill.loss.kd.temperature=4"])
+    assert recipe.distill.loss["kd"] == {"weight": weight, "temperature": 4} and recipe.distill.loss["feature"] == 1.0
+
+
+def test_set_below_a_section_the_recipe_leaves_out_keeps_its_defaults(tmp_path):
+    """A recipe without `distill.loss` gets the default kd, feature and relation losses; a --set of kd's temperature
+    changes that one key, it does not leave kd as the only loss."""
+    data = base()
+    data["distill"].pop("loss", None)
+    recipe = load_recipe(write(tmp_path, data), ["distill.loss.kd.temperature=4"])
+    assert recipe.distill.loss == {"kd": {"weight": 1.0, "temperature": 4}, "feature": 1.0, "relation": 1.0}

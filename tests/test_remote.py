@@ -136,8 +136,9 @@ def test_host_key_mismatch_is_refused_with_exit_4(compressed_run, tmp_path):
     assert result.exit_code == 4, result.output
     line = error_line(result.output)
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in line
-    junit = (run / "junit.xml").read_text()
+    junit = (run / "what-if" / "junit.xml").read_text()  # a --set re-gate is a what-if: its files go beside the run's own
     assert "<error" in junit and 'classname="board"' in junit
+    assert "pre-flight: board: edgedistill-test: host key verification failed" in result.output  # warned before validate ran
 
 
 def test_unreachable_target_keeps_other_results(compressed_run, tmp_path):
@@ -146,11 +147,11 @@ def test_unreachable_target_keeps_other_results(compressed_run, tmp_path):
     result = cli("validate", "--run-dir", str(run), "--set", "targets.1.ssh=dead-board", "--set", f"targets.1.ssh_config={config}")
     assert result.exit_code == 4, result.output
     assert "connection refused" in error_line(result.output)
-    report = json.loads((run / "report.json").read_text())
+    report = json.loads((run / "what-if" / "report.json").read_text())  # the pre-flight warned; validate went on
     cpu, board = report["targets"]
     assert cpu["passed"] and cpu["latency"]["p99_ms"] > 0 and cpu["accuracy"] is not None
     assert board["error"] and "connection refused" in board["error"] and board["latency"] is None
-    assert "⚠️ unavailable" in (run / "summary.md").read_text()
+    assert "⚠️ unavailable" in (run / "what-if" / "summary.md").read_text()
 
 
 # ---------------------------------------------------------------------------- trtexec through ssh

@@ -3,8 +3,10 @@ run leaves nothing that blocks or confuses the next one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from edgedistill.atomic import atomic_path, atomic_write_json
 from edgedistill.cli import app
+from edgedistill.errors import BadInput
 from edgedistill.results.rundir import LOCK, MARKER, OWNER, RunDir
 from tests.test_pipeline import tiny_recipe
 
@@ -143,3 +148,117 @@ def test_killed_at_seeded_points_of_every_stage_resumes_to_the_same_artifacts(tm
         assert (run / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert not list(run.rglob("*.part")) and not list(run.glob("distill-*.ckpt")) and not list(run.glob("teacher_outputs-*"))
     assert set(json.loads((run / MARKER).read_text())["files"]) == set(json.loads((tmp_path / "whole" / MARKER).read_text())["files"])
+
+
+def without_root_powers(cmd: list[str]) -> list[str]:
+    """`cmd` run so that file permissions apply to it. The tests may run as root, which ignores them (the
+    CAP_DAC_OVERRIDE capability): as root the command runs with that capability dropped (util-linux setpriv)."""
+    if os.geteuid() != 0:
+        return cmd
+    drop = [shutil.which("setpriv") or "setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, which ignores file permissions, and setpriv cannot drop that capability here")
+    return [*drop, *cmd]
+
+
+@contextlib.contextmanager
+def read_only_mount(folder: Path):
+    """`folder` bind-mounted read-only on itself (EROFS for writes), for as long as the block runs; root only."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("mount --bind is not permitted here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in output, output
+    return lines[0]
+
+
+def test_a_file_the_user_put_in_a_run_directory_is_never_overwritten(tmp_path):
+    """A name a run would write, placed there by the user and not in the run's manifest, is refused, not replaced;
+    the run's own files (stage records, scratch) are written as before."""
+    folder = tmp_path / "run"
+    run = RunDir(folder)
+    run.open()
+    try:
+        atomic_write_json(run.artifact("report.json"), {})
+        atomic_write_json(run.artifact("stages/select.json"), {"inputs": 1})  # a stage record, as stages write them
+        assert run.artifact("report.json") == folder / "report.json"  # its own file: rewritten freely
+        (folder / "teacher.onnx").write_bytes(b"the user's model")
+        with pytest.raises(BadInput, match=r"teacher.onnx: .*not written by an edgedistill run.*move it.*--run-dir"):
+            run.artifact("teacher.onnx")
+        with pytest.raises(BadInput, match="teacher.onnx"):
+            run.artifact("student.onnx", "teacher.onnx")
+        assert "teacher.onnx" not in json.loads((folder / MARKER).read_text())["files"]
+        atomic_write_json(run.artifact("stages/select.json"), {"inputs": 2})
+        with atomic_path(run.artifact("student.safetensors")) as tmp:  # scratch beside it, renamed into place
+            tmp.write_bytes(b"weights")
+    finally:
+        run.close()
+    assert (folder / "teacher.onnx").read_bytes() == b"the user's model" and not list(folder.rglob("*.part"))
+    assert json.loads((folder / "stages" / "select.json").read_text()) == {"inputs": 2}
+
+    (folder / "report.html").write_text("the user's page")  # a finished run directory; `report` rebuilds report.html
+    result = CliRunner().invoke(app, ["report", str(folder)], terminal_width=2000)
+    assert result.exit_code == 2 and "report.html" in one_error_line(result.output), result.output
+    assert (folder / "report.html").read_text() == "the user's page"
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"files": "x"}'], ids=["not json", "a list", "files not a list"])
+def test_a_corrupt_run_marker_is_one_line_and_nothing_is_touched(tmp_path, content):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / MARKER).write_text(content)
+    (folder / "report.json").write_text("{}")
+    before = snapshot(folder)
+    result = CliRunner().invoke(app, ["compress", str(tiny_recipe(tmp_path)), "--run-dir", str(folder)], terminal_width=2000)
+    line = one_error_line(result.output)
+    assert result.exit_code == 2 and f"{MARKER}" in line and "corrupt" in line and "another --run-dir" in line, result.output
+    assert snapshot(folder) == before and not (folder / OWNER).exists()
+
+
+@pytest.mark.parametrize("how", ["chmod 0555", "read-only mount"])
+def test_a_read_only_run_directory_is_one_line(tmp_path, how):
+    """EACCES (a directory the user may not write) or EROFS (a read-only file system) on the lock file: exit 2."""
+    recipe = tiny_recipe(tmp_path)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if how == "chmod 0555":
+        folder.chmod(0o555)
+        try:
+            done = subprocess.run(without_root_powers(compress_cmd(recipe, folder)), capture_output=True, text=True, timeout=300)
+        finally:
+            folder.chmod(0o755)
+        needle = "Permission denied"
+    else:
+        with read_only_mount(folder):
+            done = subprocess.run(compress_cmd(recipe, folder), capture_output=True, text=True, timeout=300)
+        needle = "Read-only file system"
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = one_error_line(done.stderr)
+    assert str(folder) in line and needle in line and "--run-dir" in line, line
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_every_atomic_write_follows_the_umask_even_when_the_writer_replaces_the_file(tmp_path, umask, mode):
+    """safetensors writes through its own temporary file (0600), which used to leave student.safetensors 0600."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "student.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        atomic_write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(old)
+    for name in ("student.safetensors", "a.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

@@ -249,3 +249,79 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(photos):
     )
     assert all(np.isfinite(h["loss"]) for h in result.history) and result.images_per_s > 0
     assert all(p.dtype == torch.float32 for p in result.student.parameters())
+
+
+def test_torchrun_on_cuda_without_a_gpu_is_one_line_per_rank_not_a_cuda_traceback(tmp_path, photos):
+    """The audit's multi-GPU recipe on a GPU-less machine: every rank stops in the pre-flight with the fix, before
+    init_world's NCCL and CUDA setup ("Found no NVIDIA driver" in 50 lines of traceback)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA GPU")
+    recipe = scale_recipe(tmp_path, photos)
+    data = yaml.safe_load(recipe.read_text())
+    data["compute"] = {"device": "cuda", "workers": 1}
+    recipe.write_text(yaml.safe_dump(data))
+    proc = launch(torchrun(recipe, tmp_path / "run"), tmp_path)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, out
+    assert "Found no NVIDIA driver" not in out and "RuntimeError" not in out, out
+    assert out.count("Traceback") <= 1 and "ChildFailedError" in out, out  # only torchrun's own report of its failed ranks
+    errors = [line for line in out.splitlines() if line.startswith("error: compute.device: cuda")]
+    assert len(errors) == 2 and "compute.device: auto" in errors[0], out  # one per rank
+    assert not (tmp_path / "run" / "selection.json").exists()
+
+
+def test_launch_problem_names_the_fix(monkeypatch):
+    """NCCL joins CUDA ranks, one GPU each; CPU ranks join with gloo and need nothing."""
+    import torch
+
+    from edgedistill.scale.distributed import launch_problem
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert launch_problem("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launch_problem("auto") is None
+    problem = launch_problem("cuda")
+    assert problem.startswith("torchrun: ") and "Hint:" in problem and "compute.device: cpu" in problem
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launch_problem("cuda") is None
+
+
+def test_cgroup_quota_caps_the_usable_cpus(tmp_path):
+    from edgedistill.scale.compute import _cgroup_cpu_quota
+
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_cpu_quota(tmp_path / "v2") == 1.5
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(tmp_path / "v2") is None
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(tmp_path / "v1") == 2.0
+    assert _cgroup_cpu_quota(tmp_path / "none") is None
+
+
+def test_cpu_threads_leave_the_cores_other_processes_keep_busy():
+    """A CPU-bound process beside the run: the run takes the cores left, never more threads than free cores."""
+    import subprocess
+    import sys
+
+    from edgedistill.scale.compute import cpu_threads, usable_cpus
+
+    usable = usable_cpus()
+    assert cpu_threads(3) == (3, {"threads": 3, "usable_cpus": usable, "source": "compute.threads"})
+    assert cpu_threads(0)[0] == usable
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        chosen, why = cpu_threads(None)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert why["source"] == "auto" and why["busy_elsewhere_cores"] >= 0.5
+    assert 1 <= chosen <= max(1, usable - 1)

@@ -99,3 +99,38 @@ def test_pool_coverage_grades_each_class_and_says_what_to_do():
     assert "folder:" in coverage[2]["advice"] and coverage[2]["selected"] == 3 and coverage[2]["pool_predicted"] == 3
     half = pool_coverage(np.stack([sure] * 7), np.array([7, 0, 0]), quota=10)[0]
     assert half["level"] == "thinly" and "larger pool" in half["advice"]
+
+
+def test_coverage_advice_only_where_it_helps_and_at_most_20_lines():
+    """A full quota at confidence 0.47 is no gap ("0 (3000/3000, conf 0.47)" was called poorly covered); with 1,000
+    classes the terminal gets 20 classes and a pointer to the full table, not ~330 lines."""
+    from edgedistill.stages.select import coverage_lines, pool_coverage
+
+    full_unsure = np.stack([np.array([0.47, 0.33, 0.2])] * 10)
+    (first, *_) = pool_coverage(full_unsure, np.array([10, 0, 0]), quota=10)
+    assert first["selected"] == 10 and first["advice"] is None
+    doubtful = pool_coverage(np.stack([np.array([0.25, 0.25, 0.25, 0.25])] * 10), np.array([10, 0, 0, 0]), quota=10)[0]
+    assert doubtful["advice"] is not None  # under a quarter of the mass on its own class: advice
+    classes = 1000
+    probs = np.full((classes * 2, classes), 0.5 / (classes - 1))
+    probs[np.arange(classes * 2), np.arange(classes * 2) % classes] = 0.5
+    stats = {"coverage": pool_coverage(probs, np.full(classes, 2), quota=3), "pool_predicted_per_class": [2] * classes}
+    lines = coverage_lines(stats, [str(c) for c in range(classes)])
+    assert len(lines) == 2 and lines[0].count("(2/3, conf 0.50)") == 20
+    assert lines[-1] == "select: ... and 980 more; the full table is in selection.json and report.html"
+
+
+def test_selection_stats_hold_the_pool_histogram_and_name_a_collapsed_teacher():
+    """Without labels: one class with over 90% of the pool's top-1 predictions is a collapsed teacher."""
+    from edgedistill.stages.select import coverage_lines
+
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 4))
+    with torch.no_grad():
+        teacher[1].weight.zero_()
+        teacher[1].bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))  # every image is class 0
+    pool, _ = pool_and_teacher(40)
+    selection = select_pool(teacher, pool, SelectSpec(per_class=5, batch_size=16), 4, seed=0)
+    assert selection.stats["pool_predicted_per_class"] == [40, 0, 0, 0]
+    assert selection.stats["teacher_class_share"] == {"class": 0, "share": 1.0, "scored": 40}
+    lines = coverage_lines(selection.stats, ["cat", "dog", "bird", "fish"])
+    assert lines[0].startswith("select: warning: the teacher put 100.0% of the 40 scored pool images in one class (cat)")

@@ -4,6 +4,7 @@ and that a missing source says how to install it."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,14 @@ def test_unwritable_data_dir_still_loads(tmp_path: Path, monkeypatch: pytest.Mon
     blocker.write_text("not a directory")
     monkeypatch.setenv("EDGEDISTILL_DATA", str(blocker))
     assert len(_load_or_skip("mnist-heldout").images) == 5000
+
+
+def test_natural_patches_without_scikit_image_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without scikit-image the patches would come from fewer photos: a different pool, so it is an error naming it."""
+    monkeypatch.setenv("EDGEDISTILL_DATA", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "skimage", None)  # as if not installed: the import system finds nothing
+    with pytest.raises(BadInput) as caught:
+        load_builtin("natural-patches", count=50)
+    message = str(caught.value)
+    assert "scikit-image" in message and "pip install" in message and "\n" not in message
+    assert not list(tmp_path.glob("cache/natural-patches-*"))

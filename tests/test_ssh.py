@@ -384,3 +384,18 @@ def test_quote_argv_rejects_what_cannot_be_quoted():
     for bad in ([], "ls -l", ["a\0b"]):
         with pytest.raises(BadInput):
             quote_argv(bad)
+
+
+def test_effective_config_reads_the_alias_with_the_targets_options(sshd_server, tmp_path):
+    """`ssh -G` with the same -F/-o options as every connection: the pre-flight resolves the name ssh will dial."""
+    with SSHTarget(sshd_server.destination, config_file=sshd_server.config_path, known_hosts=tmp_path / "kh") as t:
+        config = t.effective_config()
+    assert config["hostname"] == "127.0.0.1" and config["port"] == str(sshd_server.port)
+    assert config["batchmode"] == "yes" and config["stricthostkeychecking"] in ("yes", "true")
+    assert config["userknownhostsfile"] == str(tmp_path / "kh")
+    broken = tmp_path / "broken_config"
+    broken.write_text("Host x\n  NoSuchOption yes\n")
+    with SSHTarget("x", config_file=broken) as t:
+        with pytest.raises(SSHUnavailable) as bad:
+            t.effective_config()
+    assert bad.value.cause == "config" and "\n" not in str(bad.value)

@@ -8,6 +8,8 @@ import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
 import torchvision
@@ -398,3 +400,220 @@ def test_compress_with_an_onnx_teacher_and_torchvision_student(zoo, tmp_path):
     assert on_disk["passed"] is report["passed"] is True
     assert on_disk["teacher"]["parameters"] > on_disk["student"]["parameters"] > 0
     assert len(on_disk["history"]) == 1 and "feature" in on_disk["history"][0]
+
+
+# ---- vendor ONNX read as the vendor meant it --------------------------------------------------------------
+
+GRAY = {"mean": [0.5], "std": [0.25]}
+
+
+def _export(model: nn.Module, x: torch.Tensor, path: Path, outputs: list[str], opset: int = 17) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(path), input_names=["image"], output_names=outputs, opset_version=opset, dynamo=False)
+    return path
+
+
+class RawPixelNet(nn.Module):
+    """Takes uint8 pixels (0-255) and normalizes inside, as many vendor exports do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = TinyVendorNet()
+
+    def forward(self, x):
+        return self.net((x.float() / 255 - 0.5) / 0.25)
+
+
+class ChannelsLastNet(nn.Module):
+    """Takes NHWC (N, 28, 28, 1), as TensorFlow exports do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(x.permute(0, 3, 1, 2)))
+
+
+class TwoHeadNet(TinyVendorNet):
+    """Features first, class scores second."""
+
+    def forward(self, x):
+        features = self.body(x)
+        return features, self.fc(features)
+
+
+class HandSoftmaxNet(TinyVendorNet):
+    """Probabilities from Exp and Div, no Softmax node: only the numbers say what they are."""
+
+    def forward(self, x):
+        e = torch.exp(self.fc(self.body(x)))
+        return e / e.sum(1, keepdim=True)
+
+
+def test_integer_input_is_fed_raw_pixels_without_normalization(tmp_path, caplog):
+    model = RawPixelNet().eval()
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    _export(model, pixels[:1], tmp_path / "raw.onnx", ["scores"])
+    with torch.no_grad():
+        expected = model(pixels)
+    # no mean/std in the recipe nor the file: the model normalizes itself, so none is asked for
+    r = recipe(tmp_path, {"arch": "onnx", "weights": "raw.onnx"})
+    assert r.teacher.input.channels == 3 and r.teacher.input.size == 32 and r.teacher.num_classes == 10
+    with caplog.at_level(logging.INFO, logger="edgedistill"):
+        teacher = load_teacher(r)
+    assert caplog.text.count("raw integer pixels") == 1 and "normalization is skipped" in caplog.text
+    spec = r.teacher.input
+    mean, std = torch.tensor(spec.mean).view(1, -1, 1, 1), torch.tensor(spec.std).view(1, -1, 1, 1)
+    got = logits_of(teacher, (pixels.float() / 255 - mean) / std)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # mean/std in the recipe (for the student) still reach the teacher as the raw pixels
+    teacher = load_teacher(recipe(tmp_path, {"arch": "onnx", "weights": "raw.onnx", "input": {"mean": INPUT["mean"], "std": INPUT["std"]}}))
+    torch.testing.assert_close(logits_of(teacher, (pixels.float() / 255 - 0.5) / 0.25), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_softmax_through_shape_ops_gives_the_logits(tmp_path):
+    """Softmax, then Reshape, Flatten and Identity: the teacher reads the scores before the Softmax."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(3)
+    weight, bias = torch.randn(10, 12), torch.randn(10)
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["logits_raw"], transB=1),
+        helper.make_node("Softmax", ["logits_raw"], ["prob"], axis=1),
+        helper.make_node("Reshape", ["prob", "shape4"], ["prob4"]),
+        helper.make_node("Flatten", ["prob4"], ["prob2"]),
+        helper.make_node("Identity", ["prob2"], ["probabilities"]),
+    ]
+    inits = [
+        numpy_helper.from_array(weight.numpy(), "w"),
+        numpy_helper.from_array(bias.numpy(), "b"),
+        numpy_helper.from_array(np.array([-1, 10, 1, 1], dtype=np.int64), "shape4"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 2, 2])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "prob.onnx"))
+    x = torch.randn(5, 3, 2, 2)
+    logits = x.flatten(1) @ weight.T + bias
+    teacher = load_teacher(recipe(tmp_path, {"arch": "onnx", "weights": "prob.onnx", "input": {**INPUT, "size": 2}}))
+    out = logits_of(teacher, x)
+    torch.testing.assert_close(out.log_softmax(1), logits.log_softmax(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close((out / 4).softmax(1), (logits / 4).softmax(1), atol=1e-4, rtol=1e-4)
+
+
+def test_probabilities_without_a_softmax_node_become_log_probabilities(tmp_path, zoo):
+    model = HandSoftmaxNet().eval()
+    path = _export(model, zoo["x"][:1], tmp_path / "hand.onnx", ["prob"])
+    with torch.no_grad():
+        probs = model(zoo["x"])
+    teacher = load_teacher(recipe(tmp_path, {"arch": "onnx", "weights": path.name, "input": INPUT}))
+    out = logits_of(teacher, zoo["x"])
+    torch.testing.assert_close(out, probs.clamp_min(1e-12).log(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.softmax(1), probs, atol=1e-4, rtol=1e-4)
+    assert (out <= 0).all()
+
+
+def test_nhwc_input_is_read_and_transposed_once(tmp_path):
+    from edgedistill.models.onnx_info import onnx_info
+    from edgedistill.models.teachers import source_facts
+
+    model = ChannelsLastNet().eval()
+    x = torch.randn(3, 1, 28, 28)  # what edgedistill feeds: NCHW
+    path = _export(model, x[:1].permute(0, 2, 3, 1), tmp_path / "nhwc.onnx", ["logits"])
+    with torch.no_grad():
+        expected = model(x.permute(0, 2, 3, 1))
+    assert onnx_info(path).layout == "NHWC"
+    r = recipe(tmp_path, {"arch": "onnx", "weights": "nhwc.onnx", "input": GRAY}, {"arch": "lenet5_half"})
+    assert (r.teacher.input.channels, r.teacher.input.size, r.teacher.num_classes) == (1, 28, 10)
+    assert source_facts(r.teacher, path).layout == "NHWC"
+    torch.testing.assert_close(logits_of(load_teacher(r), x), expected, atol=1e-5, rtol=1e-5)
+    assert onnx_info(zoo_free_nchw(tmp_path)).layout == "NCHW"
+
+
+def zoo_free_nchw(tmp_path: Path) -> Path:
+    return _export(TinyVendorNet(), torch.zeros(1, 3, 3, 3), tmp_path / "nchw3.onnx", ["logits"])
+
+
+def test_teacher_output_chooses_among_several(tmp_path, zoo, caplog):
+    model = TwoHeadNet().eval()
+    _export(model, zoo["x"][:1], tmp_path / "two.onnx", ["features", "scores"])
+    with torch.no_grad():
+        _, expected = model(zoo["x"])
+    chosen = recipe(tmp_path, {"arch": "onnx", "weights": "two.onnx", "input": INPUT, "output": "scores"})
+    assert chosen.teacher.num_classes == 10
+    torch.testing.assert_close(logits_of(load_teacher(chosen), zoo["x"]), expected, atol=1e-5, rtol=1e-5)
+    # without teacher.output, the (batch, classes) output the recipe's class count matches, said in the log
+    counted = recipe(tmp_path, {"arch": "onnx", "weights": "two.onnx", "input": INPUT, "num_classes": 10})
+    with caplog.at_level(logging.INFO, logger="edgedistill"):
+        teacher = load_teacher(counted)
+    assert "output 'scores'" in caplog.text and "teacher.output" in caplog.text
+    torch.testing.assert_close(logits_of(teacher, zoo["x"]), expected, atol=1e-5, rtol=1e-5)
+    # no output of 7 classes: the one taken (named like scores) is named in the mismatch, with how to choose another
+    message = bad_input(lambda: recipe(tmp_path, {"arch": "onnx", "weights": "two.onnx", "input": INPUT, "num_classes": 7}))
+    assert "two.onnx output 'scores'" in message and "has 10; set teacher.output to one of features, scores" in message
+    message = bad_input(lambda: recipe(tmp_path, {"arch": "onnx", "weights": "two.onnx", "input": INPUT, "output": "score"}))
+    assert "teacher.output: two.onnx has no output 'score'; its outputs: features [1, 8], scores [1, 10]" in message
+    assert "did you mean 'scores'" in message
+    message = bad_input(lambda: recipe(zoo["dir"], torchvision_teacher("plain.safetensors", output="logits")))
+    assert "teacher.output applies to ONNX teachers" in message
+
+
+def test_external_data_missing_is_named(tmp_path, zoo):
+    model = TinyVendorNet().eval()
+    _export(model, zoo["x"][:1], tmp_path / "big.onnx", ["logits"])
+    proto = onnx.load(str(tmp_path / "big.onnx"))
+    here, moved = tmp_path / "here", tmp_path / "moved"
+    here.mkdir(), moved.mkdir()
+    onnx.save(proto, str(here / "big.onnx"), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    assert (here / "big.onnx.data").is_file()
+    with torch.no_grad():
+        expected = model(zoo["x"])
+    torch.testing.assert_close(
+        logits_of(load_teacher(recipe(here, {"arch": "onnx", "weights": "big.onnx", "input": INPUT})), zoo["x"]),
+        expected,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    (moved / "big.onnx").write_bytes((here / "big.onnx").read_bytes())
+    message = bad_input(lambda: recipe(moved, {"arch": "onnx", "weights": "big.onnx", "input": INPUT}))
+    assert "big.onnx.data" in message and "missing" in message and "keep it beside big.onnx" in message
+    assert "not a readable ONNX model" not in message
+
+
+def _one_node_model(path: Path, op: str, opset: int) -> Path:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node(op, ["flat"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 12])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_unsupported_opset_or_operator_is_one_line(tmp_path):
+    import onnxruntime
+
+    teacher = {"arch": "onnx", "input": {**INPUT, "size": 2}}
+    _one_node_model(tmp_path / "future.onnx", "Relu", 99)
+    message = bad_input(lambda: load_teacher(recipe(tmp_path, {**teacher, "weights": "future.onnx"})))
+    assert "future.onnx declares ONNX opset 99" in message and f"onnxruntime {onnxruntime.__version__} supports" in message
+    assert "re-export" in message and "upgrade onnxruntime" in message and "ONNXRuntimeError" not in message
+    _one_node_model(tmp_path / "fancy.onnx", "FancyOp", 17)
+    message = bad_input(lambda: load_teacher(recipe(tmp_path, {**teacher, "weights": "fancy.onnx"})))
+    assert "fancy.onnx" in message and "FancyOp" in message and "opset 17" in message and "upgrade onnxruntime" in message
+    assert "ONNXRuntimeError" not in message

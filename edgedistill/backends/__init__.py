@@ -1,68 +1,49 @@
-"""Runtime backends: one table of runtimes (RUNTIMES) that the recipe check, the CLI, doctor and the runner
-factory all read. Adding a runtime is one module with an `open_runner` and a `probe`, and one row here.
+"""Runtime backends: one registry of runtime rows (RUNTIMES, backends/runtime.py) that the recipe check, the
+pipeline, the CLI, doctor and the runner factory all read. Adding a runtime is one module that builds its
+`Runtime` row (precisions and the file it runs at each, open_runner, probe, install hint) and registers it with
+`register_runtime`; here, or in a plugin package (edgedistill.registry: the `edgedistill.plugins` entry points).
 
 Every runner has the same interface (base.Runner): open on construction, infer, time, facts, close.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from ..errors import BadInput, did_you_mean
-from . import onnxruntime, openvino, tensorrt
+from ..errors import BadInput
+from . import onnxruntime, openvino, tensorrt  # noqa: F401  (each registers its row)
 from .base import Runner
 from .hosts.ssh import check_destination
-from .trtexec import runner as trtexec_runner
+from .litert import RUNTIME as _litert  # noqa: F401  (registers its row)
+from .runtime import BUILTIN_ARTIFACTS, RUNTIME_OPTIONS, RUNTIMES, Artifact, MakeInputs, Runtime, register_runtime
+from .trtexec import runner as trtexec_runner  # noqa: F401  (registers its row)
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
 
-
-@dataclass(frozen=True)
-class Runtime:
-    name: str
-    description: str
-    open_runner: Callable[[TargetSpec, Path], Runner]  # opens the model on the target: here, or on its ssh device
-    probe: Callable[[], dict]  # for doctor: {"usable": bool, "detail": str, ...}
-    precisions: tuple[str, ...]  # what a target's `precision` may be
-    int8_flavour: Literal["cpu", "tensorrt"] | None  # which INT8 export it runs (stages/quantize.py)
-    fp16_from: Literal["file", "engine"] | None = None  # fp16: student.fp16.onnx (stages/fp16.py), or an engine built from fp32
-    over_ssh: bool = False  # can run on a device over ssh
-    providers: bool = False  # takes ONNX Runtime execution providers
-    timed_by_duration: bool = True  # can time batch 1 for a duration instead of a call count
-
-
-# fmt: off
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
-    Runtime("onnxruntime", "ONNX Runtime: CPU, or its CUDA / TensorRT execution providers where installed; here or over ssh",
-            onnxruntime.open_runner, onnxruntime.probe, ("fp32", "int8"), "cpu", over_ssh=True, providers=True),
-    Runtime("openvino", "OpenVINO on this machine's CPU",
-            openvino.open_runner, openvino.probe, ("fp32", "fp16", "int8"), "cpu", fp16_from="file"),
-    Runtime("tensorrt", "TensorRT's Python API on this machine's GPU",
-            tensorrt.open_runner, tensorrt.probe, ("fp32", "fp16", "int8"), "tensorrt", fp16_from="engine"),
-    Runtime("trtexec", "TensorRT's trtexec command line, here or on a Jetson over ssh",
-            trtexec_runner.open_runner, trtexec_runner.probe, ("fp32", "fp16", "int8"), "tensorrt", fp16_from="engine",
-            over_ssh=True, timed_by_duration=False),
-)}
-# fmt: on
+__all__ = [
+    "BUILTIN_ARTIFACTS",
+    "RUNTIMES",
+    "RUNTIME_OPTIONS",
+    "Artifact",
+    "MakeInputs",
+    "Runtime",
+    "check_target",
+    "create_runner",
+    "register_runtime",
+]
 
 
 def create_runner(target: TargetSpec, model: Path) -> Runner:
     """The runner for a target whose runtime edgedistill.extensions has already checked."""
-    return RUNTIMES[target.runtime].open_runner(target, model)
+    return RUNTIMES.get(target.runtime).open_runner(target, model)
 
 
 def check_target(target: TargetSpec, where: str = "") -> None:
-    """What the runtime table says about a target's options, found before anything runs."""
-    runtime = RUNTIMES.get(target.runtime)
+    """What the runtime's row says about a target's options, found before anything runs."""
     prefix = f"{where}: " if where else ""
-    if runtime is None:
-        raise BadInput(
-            f"{prefix}runtime: unknown {target.runtime!r}{did_you_mean(target.runtime, list(RUNTIMES))}; available: {', '.join(RUNTIMES)}"
-        )
+    runtime = RUNTIMES.get(target.runtime, where)  # unknown: one line with the nearest name
     if target.precision not in runtime.precisions:
         others = [r.name for r in RUNTIMES.values() if target.precision in r.precisions]
         raise BadInput(
@@ -72,8 +53,13 @@ def check_target(target: TargetSpec, where: str = "") -> None:
     if target.ssh and not runtime.over_ssh:
         others = [r.name for r in RUNTIMES.values() if r.over_ssh]
         raise BadInput(f"{prefix}runtime {runtime.name} runs on this machine; for a device over ssh use runtime: {' or '.join(others)}")
-    if target.providers and not runtime.providers:
-        raise BadInput(f"{prefix}providers are ONNX Runtime execution providers; they need runtime: onnxruntime")
+    for key in sorted(target.model_fields_set & RUNTIME_OPTIONS.keys()):  # given, and not the default: meant for it
+        if key not in runtime.options and getattr(target, key) not in (None, [], type(target).model_fields[key].default):
+            others = [r.name for r in RUNTIMES.values() if key in r.options]
+            raise BadInput(
+                f"{prefix}{key} ({RUNTIME_OPTIONS[key]}): they need runtime: {' or '.join(others) or 'none'}; "
+                f"runtime {runtime.name} does not read {key} (drop it, or change the runtime)"
+            )
     if target.ssh:
         try:
             check_destination(target.ssh)

@@ -15,6 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..scale.compute import cpu_busy_s, usable_cpus
+
 DEFAULT_ROUNDS = 5
 ROUND_FIGURES = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
 INTERVAL_CONFIDENCE = 0.9
@@ -44,7 +46,11 @@ class LatencyStats:
     median (`round_spread`), i.e. the machine's speed changed while it was measured; `cv` is the spread of single
     calls, which every real workload has and which says nothing about the measurement. `busy_elsewhere_cores`: CPU
     other processes used meanwhile (cores, from /proc/stat; None on a remote device or for a too short measurement);
-    `contended` when that left this process less than one core: a slow figure may then be the machine's, not the model's."""
+    `contended` when that left this process less than one core: a slow figure may then be the machine's, not the model's.
+
+    With several rounds, mean_ms/p50_ms/p90_ms/p99_ms are the median of the rounds' own figures, the figure a budget is
+    judged on (gate_figure), so every table shows the one figure the gate used; the figures of all calls pooled are in
+    `pooled`. `usable_cores`: the cores this process may run on, for best_case_ms."""
 
     batch: int
     iterations: int
@@ -62,6 +68,8 @@ class LatencyStats:
     per_round: dict[str, list[float]] | None = None
     busy_elsewhere_cores: float | None = None
     contended: bool = False
+    usable_cores: int | None = None
+    pooled: dict[str, float] | None = None
     samples_ms: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -96,7 +104,21 @@ class LatencyStats:
             center = float(np.median(medians))
             pooled.round_spread = float((medians.max() - medians.min()) / center) if center > 0 else 0.0
             pooled.noisy = pooled.round_spread > NOISY_SPREAD
+            pooled.pooled = {name: getattr(pooled, name) for name in ROUND_FIGURES}
+            for name in ROUND_FIGURES:  # one figure per model everywhere: the one the gate judges (gate_figure)
+                setattr(pooled, name, float(np.median(pooled.per_round[name])))
         return pooled
+
+    def best_case_ms(self) -> float:
+        """The fastest call (min_ms), divided by the most other processes can have slowed a call down: with B cores
+        busy elsewhere on U usable cores, a model thread gets at least U / (B + 1) of a core, so a call takes at most
+        (B + 1) / U times its unhindered time. Load only adds time, so no budget figure (mean, p50, p90, p99) of an
+        unhindered run can be below this: a best case over a limit is a model over its budget, busy machine or not.
+        (min_ms alone would do for calls shorter than a scheduler slice, which mostly run uninterrupted; the division
+        keeps it true for long calls, which are slowed in every call.)"""
+        if not self.busy_elsewhere_cores or not self.usable_cores:
+            return self.min_ms
+        return self.min_ms / max(1.0, (self.busy_elsewhere_cores + 1) / self.usable_cores)
 
     def gate_figure(self, name: str) -> tuple[float, float, float, float]:
         """(median, low, high, coverage) of a figure across rounds; with one round, the figure itself."""
@@ -187,24 +209,13 @@ def time_rounds(
         wall = time.perf_counter() - before[2]
         if wall >= MIN_LOAD_WINDOW_S:
             stats.busy_elsewhere_cores = max(0.0, (busy - before[0]) - (time.process_time() - before[1])) / wall
-            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            usable = usable_cpus()
+            stats.usable_cores = usable
             stats.contended = stats.busy_elsewhere_cores > usable - 1
     return stats
 
 
 MIN_LOAD_WINDOW_S = 0.5  # /proc/stat counts in 10 ms ticks: a shorter window cannot tell load from rounding
-
-
-def cpu_busy_s() -> float | None:
-    """Seconds all CPUs of this machine have been busy since boot (user, nice, system, irq, softirq and a VM's steal
-    time, from /proc/stat); None where there is no /proc/stat."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    except (OSError, ValueError):
-        return None
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_first(path: str, prefix: str = "") -> str | None:
@@ -226,7 +237,7 @@ def cpu_flags() -> set[str] | None:
 
 def machine_facts() -> dict:
     """What a latency figure depends on besides the model: CPU model, usable cores, frequency governor."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),

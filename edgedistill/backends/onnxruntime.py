@@ -15,6 +15,7 @@ from .base import LatencyStats, Runner, machine_facts, time_calls
 from .engine_cache import default_engine_cache
 from .hosts import HostRunner, open_host
 from .hosts.base import Host, last_line
+from .runtime import FP32, INT8_CPU, Runtime, register_runtime
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
@@ -211,7 +212,7 @@ def probe() -> dict:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        return {"usable": False, "detail": f"{exc}; pip install onnxruntime (onnxruntime-gpu for CUDA/TensorRT providers)"}
+        return {"usable": False, "detail": f"onnxruntime module: {exc}"}
     available = ort.get_available_providers()
     return {
         "usable": True,
@@ -220,3 +221,17 @@ def probe() -> dict:
         "providers": available,
         "provider_aliases": {alias: name in available for alias, name in PROVIDER_ALIASES.items()},
     }
+
+
+RUNTIME = register_runtime(
+    Runtime(
+        "onnxruntime",
+        "ONNX Runtime: CPU, or its CUDA / TensorRT execution providers where installed; here or over ssh",
+        open_runner,
+        probe,
+        install="pip install onnxruntime (onnxruntime-gpu for its CUDA and TensorRT execution providers)",
+        artifacts={"fp32": FP32, "int8": INT8_CPU},
+        options=("providers", "threads", "remote_python"),
+        over_ssh=True,
+    )
+)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import BadInput, TargetUnavailable
 from .base import LatencyStats, Runner, machine_facts, time_calls
+from .runtime import FP16, FP32, INT8_CPU, Runtime, register_runtime
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
@@ -99,9 +100,9 @@ def open_runner(target: TargetSpec, model: Path) -> Runner:
 
 def probe() -> dict:
     try:
-        ov = import_openvino()
-    except TargetUnavailable as exc:
-        return {"usable": False, "detail": str(exc)}
+        import openvino as ov
+    except ImportError as exc:
+        return {"usable": False, "detail": f"openvino module: {exc}"}
     core = shared_core()
     return {
         "usable": DEVICE in core.available_devices,
@@ -109,3 +110,16 @@ def probe() -> dict:
         "detail": f"{ov.__version__} on {core.get_property(DEVICE, 'FULL_DEVICE_NAME')} "
         f"({', '.join(core.get_property(DEVICE, 'OPTIMIZATION_CAPABILITIES'))})",
     }
+
+
+RUNTIME = register_runtime(
+    Runtime(
+        "openvino",
+        "OpenVINO on this machine's CPU",
+        open_runner,
+        probe,
+        install="pip install openvino",
+        artifacts={"fp32": FP32, "fp16": FP16, "int8": INT8_CPU},
+        options=("threads",),
+    )
+)

@@ -16,6 +16,7 @@ from ..errors import BadInput, TargetUnavailable
 from ..models.onnx_info import onnx_info
 from .base import LatencyStats, Runner, machine_facts, time_calls
 from .engine_cache import EngineCache
+from .runtime import FP32, INT8_TENSORRT, Runtime, register_runtime
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
@@ -236,10 +237,23 @@ def probe() -> dict:
     try:
         import tensorrt
     except ImportError as exc:
-        return {"usable": False, "detail": f"tensorrt module: {exc}; pip install tensorrt (JetPack: python3-libnvinfer)"}
+        return {"usable": False, "detail": f"tensorrt module: {exc}"}
     except Exception as exc:  # a wheel without its libnvinfer raises OSError or RuntimeError on import
         return {"usable": False, "detail": f"tensorrt module: {type(exc).__name__}: {exc}"}
     gpu = gpu_name()
     if gpu is None:
         return {"usable": False, "detail": f"TensorRT {tensorrt.__version__}; but torch sees no CUDA GPU", "version": tensorrt.__version__}
     return {"usable": True, "detail": f"TensorRT {tensorrt.__version__} on {gpu}", "version": tensorrt.__version__}
+
+
+RUNTIME = register_runtime(
+    Runtime(
+        "tensorrt",
+        "TensorRT's Python API on this machine's GPU",
+        open_runner,
+        probe,
+        install="pip install tensorrt and an NVIDIA driver, or JetPack on a Jetson (python3-libnvinfer)",
+        artifacts={"fp32": FP32, "fp16": FP32, "int8": INT8_TENSORRT},  # fp16: an engine built from the fp32 file
+        builds_engine=True,
+    )
+)

@@ -15,12 +15,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BadInput, did_you_mean
-from ..inputs.builtin import BUILTINS
+from ..inputs.builtin import BUILTINS, check_available
+from ..inputs.images import IMAGE_SUFFIXES, Skipped, UnreadableImage, decode_image, iter_images
 from ..inputs.labeled import class_folders
 from ..inputs.pool import SOURCES
-from ..models.factory import build_student_model
+from ..models.factory import build_student_model, student_candidates
 from ..models.teachers import complete_teacher_spec
 from .schema import Recipe
+from .upgrade import check_override, upgrade_recipe
 
 
 def _section_model(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
@@ -91,12 +93,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             elif not isinstance(node, dict):
                 raise BadInput(f"--set {item}: {'.'.join(parts[:depth])} is a value, not a section")
             if last:
-                node[part] = yaml.safe_load(raw)
+                node[part] = _yaml_value(item, raw)
             else:
-                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}
+                if parts[:2] == ["distill", "loss"] and depth == 2 and _is_weight(node.get(part)):
+                    node[part] = {"weight": node[part]}  # kd: 2.0 -> {weight: 2.0}: a parameter set below keeps the weight
+                elif isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                    node[part] = _default_section(parts[: depth + 1]) if part not in node else {}
                 node = node[part]
     return data
+
+
+def _default_section(path: list[str]) -> dict:
+    """What a section the recipe leaves out holds by default, so a --set below it changes one key of the defaults
+    instead of replacing them all (`--set distill.loss.kd.temperature=4` keeps the feature and relation losses)."""
+    parent = _section_model(Recipe, tuple(int(p) if p.isdigit() else p for p in path[:-1]))
+    try:
+        value = parent().model_dump(mode="json").get(path[-1]) if parent is not None else None
+    except ValidationError:  # a section with required keys has no default to start from
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _yaml_value(item: str, raw: str) -> Any:
+    """The value of `--set key=value`, read as YAML (numbers, lists, mappings); a syntax error is the option's fault."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise BadInput(
+            f"--set {item}: the value is not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__}); "
+            "fix it, or quote the whole option to pass it as text, e.g. --set 'key=\"[1,\"'"
+        ) from None
 
 
 def _list_entries(name: str, items: list) -> str:
@@ -121,13 +151,18 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
         raise BadInput(f"{path}: not a UTF-8 text file") from None
     if not isinstance(data, dict):
         raise BadInput(f"{path}: a recipe is a YAML mapping with keys name, teacher, pool, student, ...")
+    data = upgrade_recipe(data, str(path))  # the file's form first (one warning if earlier); then --set, in the current form
     if overrides:
+        for item in overrides:
+            check_override(item)
         data = apply_overrides(data, overrides)
     return recipe_from_dict(data, base_dir=path.resolve().parent, source=str(path), overrides=overrides)
 
 
 def recipe_with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """A loaded recipe with --set style overrides applied, checked again as a whole."""
+    for item in overrides:
+        check_override(item)
     data = apply_overrides(recipe.model_dump(mode="json"), overrides)
     return recipe_from_dict(data, base_dir=recipe.base_dir, source=f"recipe {recipe.name}", overrides=overrides)
 
@@ -135,9 +170,10 @@ def recipe_with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
 def recipe_from_dict(
     data: dict[str, Any], base_dir: Path = Path("."), source: str = "<recipe>", overrides: list[str] | None = None
 ) -> Recipe:
-    """A checked Recipe from YAML data; `overrides` are the --set items already applied to it, named by errors they cause."""
+    """A checked Recipe from YAML data; `overrides` are the --set items already applied to it, named by errors they cause.
+    Data in an earlier recipe format (a recorded run.json, a dict in Python) is upgraded first, with one warning."""
     try:
-        return _checked_recipe(data, base_dir, source)
+        return _checked_recipe(upgrade_recipe(data, source), base_dir, source)
     except BadInput as exc:
         raise BadInput(blame_overrides(str(exc), source, overrides or [])) from None
 
@@ -160,13 +196,56 @@ def _check_after_teacher(recipe: Recipe, source: str) -> None:
     """What needs the teacher's classes and input: the student is built once (a wrong arch or feature layer costs
     seconds here, not a distillation), and a labeled folder's subfolders are matched to the classes."""
     t, s = recipe.teacher, recipe.student
-    try:
-        build_student_model(s.arch, t.num_classes, t.input, s.feature_layer, recipe.base_dir)
-    except BadInput as exc:
-        raise BadInput(f"{source}: student.arch: {exc}") from None
+    if s.planned:  # every candidate once: an unknown name or one that cannot take the input is one line, before any timing
+        for arch, layer in student_candidates(s, t.input.channels, t.input.size):
+            try:
+                build_student_model(arch, t.num_classes, t.input, layer, recipe.base_dir)
+            except BadInput as exc:
+                raise BadInput(f"{source}: student.candidates: {arch}: {exc}") from None
+    else:
+        try:
+            build_student_model(s.arch, t.num_classes, t.input, s.feature_layer, recipe.base_dir)
+        except BadInput as exc:
+            raise BadInput(f"{source}: student.arch: {exc}") from None
     labeled = recipe.eval.labeled
     if labeled and not labeled.startswith("builtin:"):
-        class_folders(recipe.resolve(Path(labeled)), t.class_names, t.num_classes, f"{source}: eval.labeled")
+        folder = recipe.resolve(Path(labeled))
+        classes, _, _ = class_folders(folder, t.class_names, t.num_classes, f"{source}: eval.labeled")
+        _check_decodable(folder, classes, t.input, f"{source}: eval.labeled")
+
+
+PROBES_PER_CLASS = 5  # images tried per class of a labeled folder at recipe load, until one decodes
+
+
+def _check_decodable(folder: Path, classes: list[str], spec: Any, what: str) -> None:
+    """At least one image of the labeled folder decodes: an all-unreadable folder is found now, not after the pool is
+    scored. Cheap: stops at the first image that decodes, and tries at most PROBES_PER_CLASS files per class."""
+    tried, first_error, unlisted = 0, None, None
+    for c in classes:
+        probes = 0
+        for path in iter_images(folder / c):
+            if isinstance(path, Skipped):
+                unlisted = unlisted or str(path)
+                continue
+            try:
+                decode_image(path, spec)
+                return
+            except UnreadableImage as exc:
+                tried += 1
+                first_error = first_error or f"{path}: {exc}"
+            probes += 1
+            if probes == PROBES_PER_CLASS:
+                break
+    if tried == 0:
+        why = f"; {unlisted}" if unlisted else ""
+        raise BadInput(
+            f"{what}: no image files under {folder}/<class>/ (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){why}; "
+            "put the labeled images in the class subfolders"
+        )
+    raise BadInput(
+        f"{what}: none of the {tried} images tried under {folder}/<class>/ (up to {PROBES_PER_CLASS} per class) could be "
+        f"decoded, e.g. {first_error}; replace them with readable images (png, jpg, ...) or point eval.labeled elsewhere"
+    )
 
 
 def _pool_sources(recipe: Recipe, source: str) -> None:
@@ -193,11 +272,21 @@ def _check_files(recipe: Recipe, source: str) -> None:
     if recipe.teacher.weights is not None and not recipe.resolve(recipe.teacher.weights).is_file():
         raise BadInput(f"{source}: teacher.weights: file {recipe.resolve(recipe.teacher.weights)} does not exist")
     _pool_sources(recipe, source)
+    for i, target in enumerate(recipe.targets):
+        if target.ssh and target.known_hosts is not None and not recipe.resolve(target.known_hosts).is_file():
+            raise BadInput(
+                f"{source}: targets.{i}.known_hosts: {recipe.resolve(target.known_hosts)} does not exist (target {target.name}); "
+                "give the known_hosts file that holds the device's host key, or leave known_hosts out to use ssh's own"
+            )
     labeled = recipe.eval.labeled
     if labeled:
         if labeled.startswith("builtin:"):
             if labeled[8:] not in BUILTINS:
                 raise BadInput(f"{source}: eval.labeled: unknown built-in source {labeled[8:]!r}; available: {', '.join(sorted(BUILTINS))}")
+            try:
+                check_available(labeled[8:])
+            except BadInput as exc:
+                raise BadInput(f"{source}: eval.labeled: {exc}") from None
         elif not recipe.resolve(Path(labeled)).is_dir():
             raise BadInput(
                 f"{source}: eval.labeled: directory {recipe.resolve(Path(labeled))} does not exist "
@@ -222,10 +311,11 @@ def recipe_for_regate(run_dir: Path | None, recipe_path: Path | None, overrides:
             raise BadInput(f"{run_dir}: no run.json, so not a run directory; give the RECIPE or run compress first") from None
         except json.JSONDecodeError as exc:
             raise BadInput(f"{run_json}: not valid JSON ({exc})") from None
-        data = apply_overrides(recorded["recipe"], overrides)
-        recipe = recipe_from_dict(
-            data, base_dir=Path(recorded.get("recipe_dir") or run_dir), source=f"the recipe recorded in {run_json}", overrides=overrides
-        )
+        source = f"the recipe recorded in {run_json}"
+        for item in overrides:
+            check_override(item)
+        data = apply_overrides(upgrade_recipe(recorded["recipe"], source), overrides)  # a run of an earlier release first
+        recipe = recipe_from_dict(data, base_dir=Path(recorded.get("recipe_dir") or run_dir), source=source, overrides=overrides)
     if only_targets:
         names = [t.name for t in recipe.targets]
         unknown = [n for n in only_targets if n not in names]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 
 class Strict(BaseModel):
@@ -72,6 +72,11 @@ class TeacherSpec(Strict):
         description="layer the feature loss matches: module or torchvision feature-extraction node name, "
         "ONNX tensor name; default: the classifier's input",
     )
+    output: str | None = Field(
+        None,
+        description="ONNX teachers with several outputs: the name of the one holding the class scores; default: the first "
+        "(batch, classes) output, preferring one that matches num_classes",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> TeacherSpec:
@@ -114,7 +119,14 @@ class ComputeSpec(Strict):
     channels_last: bool | None = Field(None, description="memory format of conv nets; default: on for CUDA")
     compile: bool = Field(False, description="torch.compile the student's training step")
     workers: Annotated[int, Field(ge=0)] | None = Field(
-        None, description="DataLoader processes per rank that decode pool files; default: none for built-in arrays, else up to 8"
+        None,
+        description="DataLoader processes per rank that decode pool files; default: none for built-in arrays, else the "
+        "usable CPUs less one, up to 8",
+    )
+    threads: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="CPU threads of scoring and training; default: the CPUs this process may use (affinity, cgroup quota) "
+        "less the cores other processes keep busy as the run starts; 0: every usable CPU",
     )
 
 
@@ -127,16 +139,68 @@ class ClassDropSpec(Strict):
     )
 
 
+class CandidateSpec(Strict):
+    arch: str = Field(description="as student.arch takes it: built-in, torchvision:NAME, timm:NAME or module.path:callable")
+    feature_layer: str | None = Field(None, description="this candidate's layer matched to the teacher's features")
+
+
+class PlanSpec(Strict):
+    """How `edgedistill plan` (and compress's plan stage) chooses among student candidates (docs/plan.md)."""
+
+    cache: Path | None = Field(
+        None,
+        description="latency cache file, relative to the recipe; default $EDGEDISTILL_LATENCY_CACHE or "
+        "~/.cache/edgedistill/latency-cache.json",
+    )
+    probe_steps: Annotated[int, Field(ge=0)] = Field(
+        200,
+        description="distillation steps of distill.batch_size each that every probed candidate trains; "
+        "0: no probe, the largest fitting candidate wins",
+    )
+    probe_top: Annotated[int, Field(ge=1)] = Field(3, description="how many of the largest fitting candidates the probe trains")
+    calibration: Annotated[int, Field(gt=0)] = Field(64, description="selected pool images that calibrate the INT8 copies timed")
+
+
 class StudentSpec(Strict):
-    arch: str = Field(
+    arch: str | None = Field(
+        None,
         description="lenet5_half (built-in), torchvision:NAME, timm:NAME or module.path:callable; "
-        "sized to the teacher's classes and channels"
+        "sized to the teacher's classes and channels; `auto`: the zoo's ladder for the teacher's input, planned",
     )
     feature_layer: str | None = Field(
         None,
         description="layer matched to the teacher's features: module or torchvision feature-extraction node name; "
         "default: the classifier's input",
     )
+    candidates: Annotated[list[str | CandidateSpec], Field(min_length=1)] | None = Field(
+        None,
+        description="students to choose from instead of one arch: the plan stage keeps those whose latency meets every "
+        "target's budget and picks the best by a short label-free distillation probe (docs/plan.md)",
+    )
+    plan: PlanSpec = PlanSpec()
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> StudentSpec:
+        if (self.arch is None) == (self.candidates is None):
+            raise ValueError("give either arch (one student, or auto) or candidates (a list to choose from), not both")
+        if self.candidates is not None and self.feature_layer is not None:
+            raise ValueError("with candidates, give feature_layer per candidate: {arch: NAME, feature_layer: LAYER}")
+        return self
+
+    @property
+    def planned(self) -> bool:
+        """Whether the plan stage chooses the student (candidates, or arch: auto)."""
+        return self.candidates is not None or self.arch == "auto"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """A single-arch student dumps as it did before candidates existed, so its runs' fingerprints stay the same."""
+        data = handler(self)
+        if isinstance(data, dict) and not self.planned:
+            data.pop("candidates", None)
+            if self.plan == PlanSpec():
+                data.pop("plan", None)
+        return data
 
 
 LossEntry = Annotated[float, Field(ge=0)] | dict[str, Any]
@@ -269,6 +333,11 @@ class Budget(Strict):
     min_agreement_with_fp32: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None, description="share of inputs where this target's top-1 class is the PyTorch fp32 student's"
     )
+    max_teacher_class_share: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None,
+        description="largest share of the scored pool that the teacher puts in one class (top-1, no labels needed); "
+        "over it the teacher has collapsed onto one class and the selection teaches little (selection.json)",
+    )
 
 
 class Int8Spec(Strict):
@@ -326,6 +395,11 @@ class TargetSpec(Strict):
     batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
         [1, 8, 32], description="batch-size sweep of the gated model; throughput is reported at the largest"
     )
+    on_inconclusive: Annotated[str, Field(pattern=r"^(fail|pass|retry ([0-9]|10))$")] = Field(
+        "retry 1",
+        description="what an inconclusive latency verdict becomes: `retry N` re-times the target up to N times, each "
+        "with twice the rounds and calls, and exits 5 if still inconclusive; `fail` or `pass` decide it at once",
+    )
 
     def resolved(self, recipe: Recipe) -> TargetSpec:
         """ssh_config and known_hosts are relative to the recipe file, like every other path in it."""
@@ -334,6 +408,12 @@ class TargetSpec(Strict):
 
 
 class Recipe(Strict):
+    version: Annotated[int, Field(ge=1, le=2)] = Field(
+        2,
+        description="recipe format the file is written in; 2 is this release's, and what a recipe without version is read "
+        "as. Earlier forms (1: distill.loss with temperature and relation_terms beside the weights) are upgraded when read, "
+        "with one warning that prints the current form to paste; a newer one asks for a newer edgedistill",
+    )
     name: str
     seed: int = 0
     teacher: TeacherSpec
@@ -348,6 +428,17 @@ class Recipe(Strict):
     compute: ComputeSpec = ComputeSpec()
 
     base_dir: Path = Field(Path("."), exclude=True, description="directory of the recipe file; relative paths resolve against it")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The default run directory is runs/<name>: a path here would put it (and what --fresh forgets) elsewhere."""
+        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute() or "\0" in name:
+            raise ValueError(
+                f"the name must be a plain name (no path separators, not . or ..), got {name!r}; "
+                "use --run-dir DIR to choose where the run goes"
+            )
+        return name
 
     @field_validator("targets")
     @classmethod

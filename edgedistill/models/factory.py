@@ -210,3 +210,20 @@ def build_student_model(
     if feature_layer is not None:
         resolve_feature_layer(model, feature_layer, "student.feature_layer")
     return check_model_runs(set_feature_layer(model, feature_layer), input_spec, num_classes, "student")
+
+
+def student_candidates(student: Any, channels: int, size: int) -> list[tuple[str, str | None]]:
+    """(arch, feature_layer) of every student a StudentSpec asks to choose from: its `candidates` in order, or, for
+    `arch: auto`, the zoo's ladder for the teacher's input (zoo.auto_ladder); one (arch, feature_layer) otherwise."""
+    from .zoo import auto_ladder
+
+    if student.candidates is not None:
+        found = [(c, None) if isinstance(c, str) else (c.arch, c.feature_layer) for c in student.candidates]
+        seen = [arch for arch, _ in found]
+        twice = sorted({a for a in seen if seen.count(a) > 1})
+        if twice:
+            raise BadInput(f"student.candidates lists {', '.join(twice)} more than once")
+        return found
+    if student.arch == "auto":
+        return [(name, None) for name in auto_ladder(channels, size)]
+    return [(student.arch, student.feature_layer)]

@@ -8,11 +8,15 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInput
 
 FLOAT = 1  # onnx.TensorProto.FLOAT, without importing onnx to say so
+INTEGERS = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 12: "uint32", 13: "uint64"}  # TensorProto
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+PROBABILITY_OPS = ("Softmax", "LogSoftmax")
+SHAPE_OPS = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze")  # move no values between elements
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class OnnxInfo:
     metadata: dict  # metadata_props; edgedistill's mean/std/class_names JSON-decoded
     quantized: bool  # holds Q/DQ nodes
     files: tuple[Path, ...]  # the model and its external-data files
+    scores_before_softmax: dict = field(default_factory=dict)  # output -> the tensor its (Log)Softmax reads
     _digest: list = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -56,6 +61,30 @@ class OnnxInfo:
             self._digest.append(h.hexdigest())
         return self._digest[0]
 
+    @property
+    def layout(self) -> str:
+        """NHWC or NCHW: the metadata's input_layout where it says, else the shape: a last axis of 1 or 3 after two
+        equal sides is channels-last (TensorFlow's and many vendor exporters' habit), anything else channels-first."""
+        said = str(self.metadata.get("input_layout", "")).upper()
+        if said in ("NCHW", "NHWC"):
+            return said
+        d = self.input_dims
+        return "NHWC" if len(d) == 4 and d[3] in (1, 3) and d[1] == d[2] and d[1] not in (1, 3) else "NCHW"
+
+    @property
+    def image_dims(self) -> tuple[int | None, int | None, int | None]:
+        """(channels, height, width) of a rank-4 input in either layout; dynamic sizes are None."""
+        d = self.input_dims
+        return (d[3], d[1], d[2]) if self.layout == "NHWC" else (d[1], d[2], d[3])
+
+    @property
+    def integer_input(self) -> str | None:
+        """The integer type (uint8, ...) of an input that takes raw pixels, None for a float input."""
+        return INTEGERS.get(self.input_elem_type)
+
+    def output_dims(self, name: str) -> tuple[int | None, ...]:
+        return dict(self.outputs)[name]
+
     def one_input(self, what: str) -> OnnxInfo:
         if len(self.inputs) != 1:
             raise BadInput(f"{self.path}: {what} needs a model with one input, it has {len(self.inputs)} ({', '.join(self.inputs)})")
@@ -78,12 +107,29 @@ class OnnxInfo:
             raise BadInput(f"{self.path} input {self.input_name!r} is {kind}; {what} needs a float32 image input")
         if len(self.input_dims) != 4:
             raise BadInput(f"{self.path} input {self.input_name!r} has rank {len(self.input_dims)}; expected an image input (N, C, H, W)")
+        if self.layout == "NHWC":
+            raise BadInput(
+                f"{self.path} input {self.input_name!r} is channels-last (N, H, W, C) {list(self.input_dims)}; "
+                f"{what} needs (N, C, H, W): re-export it channels-first"
+            )
         return self.input_dims[1], self.input_dims[2], self.input_dims[3]
 
     def num_classes(self) -> int | None:
         """The class count of a (N, classes) first output, None when it is not that."""
         dims = self.outputs[0][1] if self.outputs else ()
         return dims[1] if len(dims) == 2 and dims[1] else None
+
+
+def load_model(path: Path | str, external_data: bool = True) -> Any:
+    """The whole ModelProto, weights included, for the callers that run or rewrite the graph (read through onnx_info
+    first, so a missing external-data file or a file that is not ONNX is already one line)."""
+    import onnx
+
+    info = onnx_info(path)
+    try:
+        return onnx.load(str(info.path), load_external_data=external_data)
+    except Exception as exc:  # protobuf's DecodeError, a truncated external-data file
+        raise BadInput(f"{info.path} is not a readable ONNX model ({type(exc).__name__}); pass an .onnx file") from None
 
 
 def onnx_info(path: Path | str) -> OnnxInfo:
@@ -122,6 +168,12 @@ def _read(path: Path, size: int, mtime_ns: int) -> OnnxInfo:
     external = sorted(
         {path.parent / e.value for t in graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
     )
+    missing = [f for f in external if not f.is_file()]
+    if missing:
+        raise BadInput(
+            f"{path}: its weights are in the external-data file {missing[0].name}, which is missing from {path.parent}; "
+            f"keep it beside {path.name} (copy or move the two together)"
+        )
     return OnnxInfo(
         path=path,
         inputs=tuple(i.name for i in inputs),
@@ -132,4 +184,21 @@ def _read(path: Path, size: int, mtime_ns: int) -> OnnxInfo:
         metadata=metadata,
         quantized=any(n.op_type in QDQ_OPS for n in graph.node),
         files=(path, *external),
+        scores_before_softmax=_scores_before_softmax(graph),
     )
+
+
+def _scores_before_softmax(graph: Any) -> dict[str, str]:
+    """For each output made by Softmax or LogSoftmax through shape-only ops, the tensor the (Log)Softmax reads: the
+    class scores, holding the same values in the same order, so reading it flat gives the logits."""
+    producer = {out: node for node in graph.node for out in node.output}
+    found = {}
+    for output in graph.output:
+        node = producer.get(output.name)
+        for _ in range(8):
+            if node is None or node.op_type not in SHAPE_OPS:
+                break
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in PROBABILITY_OPS:
+            found[output.name] = node.input[0]
+    return found

@@ -1,7 +1,7 @@
 """The CI gate files: JUnit XML for test reporters, a markdown table for job summaries.
 
-Both are read from report.json, so `edgedistill report RUN_DIR` and a re-gated run
-write the same files a full `compress` does.
+Both are read from report.json (validated once into results.report.Report, then read by attribute), so
+`edgedistill report RUN_DIR` and a re-gated run write the same files a full `compress` does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from .report import (
     EXIT_INCONCLUSIVE,
     EXIT_PASSED,
     EXIT_TARGET_UNAVAILABLE,
+    Report,
+    Teacher,
+    as_report,
     deployment_rows,
     exit_code,
     format_figure,
@@ -26,7 +29,6 @@ from .report import (
     target_verdict,
     throughput_rows,
     verdict_message,
-    verdict_of,
 )
 
 _JUNIT_KIND = {"pass": None, "fail": "failure", "inconclusive": "skipped"}
@@ -37,20 +39,20 @@ def _clean(text: object) -> str:
     return _XML_ILLEGAL.sub("?", str(text))
 
 
-def junit_xml(report: dict) -> str:
+def junit_xml(report: Report | dict) -> str:
     """One testcase per target and budget (classname = target): failed budgets are <failure>, unmeasured ones <error>,
     inconclusive ones <skipped> (the gate could not tell); a report without targets is one skipped testcase."""
-    targets = report.get("targets", [])
+    r = as_report(report)
     cases = []
-    for target in targets:
-        budgets = list((target.get("budget") or {}).keys())
-        if target.get("error"):
-            cases += [(target["name"], name, "error", target["error"]) for name in budgets or ["available"]]
-        elif not target.get("verdicts"):
-            cases.append((target["name"], "available", None, "measured; no budgets set"))
+    for target in r.targets:
+        budgets = list(target.budget)
+        if target.error:
+            cases += [(target.name, name, "error", target.error) for name in budgets or ["available"]]
+        elif not target.verdicts:
+            cases.append((target.name, "available", None, "measured; no budgets set"))
         else:
-            cases += [(target["name"], v["budget"], _JUNIT_KIND[verdict_of(v)], verdict_message(v)) for v in target["verdicts"]]
-    if not targets:
+            cases += [(target.name, v.budget, _JUNIT_KIND[v.verdict], verdict_message(v)) for v in target.verdicts]
+    if not r.targets:
         cases.append(("edgedistill", "gate", "skipped", "nothing gated: the recipe has no targets"))
     failures = sum(kind == "failure" for *_, kind, _ in cases)
     errors = sum(kind == "error" for *_, kind, _ in cases)
@@ -60,7 +62,7 @@ def junit_xml(report: dict) -> str:
     suite = ET.SubElement(
         root,
         "testsuite",
-        name=_clean(f"edgedistill {report.get('name', '')}"),
+        name=_clean(f"edgedistill {r.name}"),
         tests=str(len(cases)),
         failures=str(failures),
         errors=str(errors),
@@ -70,10 +72,11 @@ def junit_xml(report: dict) -> str:
     )
     properties = ET.SubElement(suite, "properties")
     for key, value in (
-        ("eval", report.get("eval", {}).get("name")),
-        ("student", report.get("student", {}).get("arch")),
-        ("teacher", report.get("teacher", {}).get("arch")),
-        ("exit_code", exit_code(report)),
+        ("eval", r.eval.name),
+        ("student", r.student.arch if r.student else None),
+        ("teacher", r.teacher.arch if r.teacher else None),
+        ("exit_code", exit_code(r)),
+        ("schema_version", r.schema_version),
     ):
         ET.SubElement(properties, "property", name=key, value=_clean(value))
     for classname, name, kind, message in cases:
@@ -106,7 +109,7 @@ _HEADLINE_MARK = {EXIT_PASSED: "✅", EXIT_BUDGET_FAILED: "❌", EXIT_TARGET_UNA
 _VERDICT_MARK = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "❔ inconclusive"}
 
 
-def _gate_notes(report: dict) -> list[str]:
+def _gate_notes(report: Report) -> list[str]:
     """What an inconclusive verdict or a noisy measurement means, and how to retry, under the budget table."""
     notes = [
         f"{'❔' if command else '~'} {_cell(name)}: {_cell(text)}" + (f": `{_cell(command)}`" if command else "")
@@ -126,57 +129,57 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}x"
 
 
-def summary_markdown(report: dict) -> str:
+def summary_markdown(report: Report | dict) -> str:
     """A table for $GITHUB_STEP_SUMMARY (or any CI job page that renders markdown)."""
-    code = exit_code(report)
-    words = gate_headline(report)
+    r = as_report(report)
+    code = exit_code(r)
+    words = gate_headline(r)
     headline = f"{'➖' if words.startswith('nothing gated') else _HEADLINE_MARK[code]} {words}"
-    teacher, student, evaluation = report.get("teacher", {}), report.get("student", {}), report.get("eval", {})
-    lines = [f"### edgedistill `{_cell(report.get('name', ''))}`: {headline} (exit {code})", ""]
-    if student:
+    teacher, student, evaluation = r.teacher or Teacher(), r.student, r.eval
+    lines = [f"### edgedistill `{_cell(r.name)}`: {headline} (exit {code})", ""]
+    if student is not None:
         lines += [
-            f"Student `{_cell(student['arch'])}`: {student['parameters']:,} parameters, "
-            f"{student['onnx_bytes'] / 1024:.0f} KiB ONNX. Teacher `{_cell(teacher.get('arch'))}`: "
-            f"{teacher.get('parameters', 0):,} parameters, accuracy {_percent(teacher.get('accuracy'))}. "
-            f"Eval set: {_cell(evaluation.get('name'))} ({evaluation.get('samples')} images"
-            f"{', labeled' if evaluation.get('labeled') else ', teacher agreement only'}).",
+            f"Student `{_cell(student.arch)}`: {student.parameters or 0:,} parameters, "
+            f"{(student.onnx_bytes or 0) / 1024:.0f} KiB ONNX. Teacher `{_cell(teacher.arch)}`: "
+            f"{teacher.parameters or 0:,} parameters, accuracy {_percent(teacher.accuracy)}. "
+            f"Eval set: {_cell(evaluation.name)} ({evaluation.samples} images"
+            f"{', labeled' if evaluation.labeled else ', teacher agreement only'}).",
             "",
         ]
-    gated = {t["name"]: t for t in report.get("targets", [])}
+    gated = {t.name: t for t in r.targets}
     lines += [
         "| target | device | model | runtime | accuracy | agreement | p50 ms | p99 ms | images/s | size | speed-up | result |",
         "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    for row in deployment_rows(report):
-        t = gated.get(row["target"], {})
-        if row["gated"]:
-            result = _VERDICT_CELL[target_verdict(t)]
+    for row in deployment_rows(r):
+        if row.gated:
+            result = _VERDICT_CELL[target_verdict(gated[row.target]) if row.target in gated else "no budgets"]
         else:
-            result = "⚠️ not measured" if row["error"] else "not gated"
-        rate = "-" if row["throughput_per_s"] is None else f"{row['throughput_per_s']:,.0f} (batch {row['throughput_batch']})"
+            result = "⚠️ not measured" if row.error else "not gated"
+        rate = "-" if row.throughput_per_s is None else f"{row.throughput_per_s:,.0f} (batch {row.throughput_batch})"
         lines.append(
-            f"| {_cell(row['target'])} | {_cell(row['device'])} | {row['model']} {row['precision']} | {_cell(row['runtime'])} | "
-            f"{_percent(row['accuracy'])} | {_percent(row['agreement'])} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {rate} | "
-            f"{_kib(row['bytes'])} | {_times(row['speedup'])} | {result} |"
+            f"| {_cell(row.target)} | {_cell(row.device)} | {row.model} {row.precision} | {_cell(row.runtime)} | "
+            f"{_percent(row.accuracy)} | {_percent(row.agreement)} | {_ms(row.p50_ms)} | {_ms(row.p99_ms)} | {rate} | "
+            f"{_kib(row.bytes)} | {_times(row.speedup)} | {result} |"
         )
-    lines += [f"\nRecommended: {line}" for line in recommendation_lines(report)]
-    lines += [f"\n⚠️ **Warning:** {_cell(w)}" for w in report.get("warnings") or []]
+    lines += [f"\nRecommended: {line}" for line in recommendation_lines(r)]
+    lines += [f"\n⚠️ **Warning:** {_cell(w)}" for w in r.warnings]
     lines += ["", "| target | budget | measured | limit | result |", "|---|---|--:|--:|---|"]
-    for t in report.get("targets", []):
-        if t.get("error"):
-            lines.append(f"| {_cell(t['name'])} | {_cell(', '.join(t.get('budget') or {}) or '-')} | - | - | ⚠️ {_cell(t['error'])} |")
+    for t in r.targets:
+        if t.error:
+            lines.append(f"| {_cell(t.name)} | {_cell(', '.join(t.budget) or '-')} | - | - | ⚠️ {_cell(t.error)} |")
             continue
-        for v in t.get("verdicts", []):
+        for v in t.verdicts:
             lines.append(
-                f"| {_cell(t['name'])} | {v['budget']} | {format_figure(v['budget'], v['measured'])} | "
-                f"{format_figure(v['budget'], v['limit'])} | {_VERDICT_MARK[verdict_of(v)]} ({_cell(v['basis'])}) |"
+                f"| {_cell(t.name)} | {v.budget} | {format_figure(v.budget, v.measured)} | "
+                f"{format_figure(v.budget, v.limit)} | {_VERDICT_MARK[v.verdict]} ({_cell(v.basis)}) |"
             )
-        if not t.get("verdicts"):
-            lines.append(f"| {_cell(t['name'])} | - | - | - | no budgets set |")
-    if not report.get("targets"):
+        if not t.verdicts:
+            lines.append(f"| {_cell(t.name)} | - | - | - | no budgets set |")
+    if not r.targets:
         lines.append("| - | - | - | - | ➖ nothing gated: the recipe has no targets |")
-    lines += _gate_notes(report)
-    rates = throughput_rows(report)
+    lines += _gate_notes(r)
+    rates = throughput_rows(r)
     if rates:
         lines += ["", "| stage | images/s | ceiling | ratio |", "|---|--:|---|--:|"]
         lines += [f"| {stage} | {rate:,.0f} | {ceiling} {bare:,.0f}/s | {ratio:.2f} |" for stage, rate, ceiling, bare, ratio in rates]
@@ -186,6 +189,7 @@ def summary_markdown(report: dict) -> str:
 GATE_FILES = ("junit.xml", "summary.md")
 
 
-def write_gate_files(run_dir: Path, report: dict) -> None:
-    atomic_write_text(Path(run_dir) / "junit.xml", junit_xml(report))
-    atomic_write_text(Path(run_dir) / "summary.md", summary_markdown(report))
+def write_gate_files(run_dir: Path, report: Report | dict) -> None:
+    r = as_report(report, Path(run_dir) / "report.json")
+    atomic_write_text(Path(run_dir) / "junit.xml", junit_xml(r))
+    atomic_write_text(Path(run_dir) / "summary.md", summary_markdown(r))

@@ -1,7 +1,7 @@
 """report.html: one self-contained page per run (plots embedded as PNG) to judge a run without tools.
 
-Built only from files in the run dir (report.json, selection.json data inside it, selected.npz,
-latency_samples.json, student.json), so `edgedistill report RUN_DIR` can rebuild it anywhere.
+Built only from files in the run dir (report.json, read once into results.report.Report, with selection.json's data
+inside it; selected.npz, latency_samples.json, student.json), so `edgedistill report RUN_DIR` can rebuild it anywhere.
 Figures use matplotlib's object API with the Agg canvas: no pyplot state, no display needed.
 """
 
@@ -16,8 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..errors import BadInput
 from .report import (
+    Coverage,
+    Report,
+    Selection,
+    Student,
+    Target,
+    Teacher,
     deployment_rows,
     device_label,
     exit_code,
@@ -27,7 +32,6 @@ from .report import (
     recommendation_lines,
     throughput_rows,
     verdict_message,
-    verdict_of,
 )
 from .selection import load_selection
 
@@ -85,9 +89,9 @@ def _img(fig, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
 
 
-def class_histogram(selection: dict, class_names: list[str]) -> str:
-    pool = np.asarray(selection.get("pool_predicted_per_class") or [], dtype=float)
-    chosen = np.asarray(selection.get("selected_per_class") or [], dtype=float)
+def class_histogram(selection: Selection, class_names: list[str]) -> str:
+    pool = np.asarray(selection.pool_predicted_per_class or [], dtype=float)
+    chosen = np.asarray(selection.selected_per_class or [], dtype=float)
     k = max(len(pool), len(chosen))
     fig = _figure(max(6.0, min(16.0, 0.45 * k + 2)), 3.6)
     ax_pool, ax_sel = fig.subplots(1, 2)
@@ -165,25 +169,30 @@ def learning_curves(history: list[dict]) -> str | None:
     return _img(fig, "learning curves")
 
 
-def latency_histograms(targets: list[dict], samples: dict) -> str | None:
-    measured = [t for t in targets if (samples.get(t["name"]) or {}).get("samples_ms")]
+def latency_histograms(targets: list[Target], samples: dict) -> str | None:
+    measured = [t for t in targets if (samples.get(t.name) or {}).get("samples_ms")]
     if not measured:
         return None
     fig = _figure(11, 3.0 * len(measured), hspace=0.5)
     axes = fig.subplots(len(measured), 1, squeeze=False)
     for ax, target in zip((row[0] for row in axes), measured):
-        values = np.asarray(samples[target["name"]]["samples_ms"])
+        values = np.asarray(samples[target.name]["samples_ms"])
         ax.hist(values, bins=min(60, max(10, len(values) // 4)), color=SELECTED_COLOR, alpha=0.85)
-        p50, p99 = np.percentile(values, [50, 99])
-        ax.axvline(p50, color="#1b9e77", linestyle="--", label=f"p50 {p50:.3f} ms")
-        ax.axvline(p99, color="#d95f02", linestyle="--", label=f"p99 {p99:.3f} ms")
-        limit = (target.get("budget") or {}).get("p99_ms")
+        # the figures the gate and every table use (median of the rounds'), else those of these samples (older reports)
+        latency = target.latency
+        if latency is not None and latency.pooled and latency.p99_ms is not None:
+            p50, p99, rounds = latency.p50_ms, latency.p99_ms, f", median of {latency.rounds} rounds"
+        else:
+            (p50, p99), rounds = np.percentile(values, [50, 99]), ""
+        ax.axvline(p50, color="#1b9e77", linestyle="--", label=f"p50 {p50:.4g} ms{rounds}")
+        ax.axvline(p99, color="#d95f02", linestyle="--", label=f"p99 {p99:.4g} ms{rounds}")
+        limit = target.budget.get("p99_ms")
         if limit is not None and limit <= 2 * values.max():
             ax.axvline(limit, color="#c00000", linewidth=2, label=f"p99 budget {limit:g} ms")
         elif limit is not None:
             ax.plot([], [], color="#c00000", linewidth=2, label=f"p99 budget {limit:g} ms (off scale)")
         ax.set_title(
-            f"{target['name']}: latency at batch {samples[target['name']].get('batch', 1)} ({len(values)} runs) on {device_label(target)}",
+            f"{target.name}: latency at batch {samples[target.name].get('batch', 1)} ({len(values)} runs) on {device_label(target)}",
             fontsize=10,
         )
         ax.set_xlabel("ms")
@@ -196,26 +205,24 @@ def _esc(value: object) -> str:
     return html.escape("-" if value is None else str(value))
 
 
-def _verdict_rows(report: dict) -> str:
-    targets = report.get("targets", [])
+def _verdict_rows(report: Report) -> str:
     rows = []
-    for t in targets:
-        if t.get("error"):
-            budgets = ", ".join(t.get("budget") or {}) or "-"
+    for t in report.targets:
+        if t.error:
+            budgets = ", ".join(t.budget) or "-"
             rows.append(
-                f'<tr class="error"><td>{_esc(t["name"])}</td><td>{_esc(budgets)}</td><td>-</td><td>-</td>'
-                f"<td>unavailable: {_esc(t['error'])}</td></tr>"
+                f'<tr class="error"><td>{_esc(t.name)}</td><td>{_esc(budgets)}</td><td>-</td><td>-</td>'
+                f"<td>unavailable: {_esc(t.error)}</td></tr>"
             )
-        for v in t.get("verdicts", []):
-            state = verdict_of(v)
+        for v in t.verdicts:
             rows.append(
-                f'<tr class="{state}"><td>{_esc(t["name"])}</td><td>{_esc(v["budget"])}</td>'
-                f"<td>{_esc(format_figure(v['budget'], v['measured']))}</td><td>{_esc(format_figure(v['budget'], v['limit']))}</td>"
-                f"<td>{_VERDICT_WORD[state]}: {_esc(verdict_message(v))}</td></tr>"
+                f'<tr class="{v.verdict}"><td>{_esc(t.name)}</td><td>{_esc(v.budget)}</td>'
+                f"<td>{_esc(format_figure(v.budget, v.measured))}</td><td>{_esc(format_figure(v.budget, v.limit))}</td>"
+                f"<td>{_VERDICT_WORD[v.verdict]}: {_esc(verdict_message(v))}</td></tr>"
             )
-        if not t.get("error") and not t.get("verdicts"):
-            rows.append(f'<tr><td>{_esc(t["name"])}</td><td colspan="4">no budgets set</td></tr>')
-    if not targets:
+        if not t.error and not t.verdicts:
+            rows.append(f'<tr><td>{_esc(t.name)}</td><td colspan="4">no budgets set</td></tr>')
+    if not report.targets:
         rows.append('<tr><td colspan="5">nothing gated: the recipe has no targets</td></tr>')
     for name, text, command in gate_notes(report):
         css = ' class="inconclusive"' if command else ""
@@ -231,27 +238,27 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _deployment_rows(report: dict) -> str:
+def _deployment_rows(report: Report) -> str:
     """Teacher and student at each precision on each target, with speed-ups and the comparison against PyTorch."""
-    facts_of = {t["name"]: t.get("facts") or {} for t in report.get("targets", [])}
+    facts_of = {t.name: t.facts for t in report.targets}
     rows = []
     for r in deployment_rows(report):
-        facts = facts_of.get(r["target"], {}) if r["gated"] else {}
+        facts = facts_of[r.target].as_dict() if r.gated and r.target in facts_of else {}
         shown = "; ".join(f"{k}: {facts[k]}" for k in SHOWN_FACTS if facts.get(k) not in (None, "", []))
-        c = r.get("comparison") or {}
-        versus = "-" if not c else f"top-1 {c['top1_agreement']:.2%}, max |diff| {c['max_abs_diff']:.2g}"
-        rate = "-" if r["throughput_per_s"] is None else f"{r['throughput_per_s']:,.0f} (batch {r['throughput_batch']})"
+        c = r.comparison
+        versus = "-" if c is None else f"top-1 {c.top1_agreement or 0:.2%}, max |diff| {c.max_abs_diff or 0:.2g}"
+        rate = "-" if r.throughput_per_s is None else f"{r.throughput_per_s:,.0f} (batch {r.throughput_batch})"
         times = lambda v: "-" if v is None else f"{v:.1f}x"
-        size = "-" if r["bytes"] is None else f"{r['bytes'] / 1024:,.0f} KiB"
-        css = ' class="error"' if r["error"] else (' class="teacher"' if r["model"] == "teacher" else "")
+        size = "-" if r.bytes is None else f"{r.bytes / 1024:,.0f} KiB"
+        css = ' class="error"' if r.error else (' class="teacher"' if r.model == "teacher" else "")
         rows.append(
-            f"<tr{css}><td>{_esc(r['target'])}</td><td>{_esc(r['model'])} {_esc(r['precision'])}"
-            f"{' (gated)' if r['gated'] else ''}</td><td>{_esc(r['runtime'])}</td><td>{_esc(r['device'])}</td>"
-            f"<td>{_percent(r['accuracy'])}</td><td>{_percent(r['agreement'])}</td>"
-            f"<td>{_esc(format_figure('p50_ms', r['p50_ms']))}</td><td>{_esc(format_figure('p99_ms', r['p99_ms']))}</td>"
+            f"<tr{css}><td>{_esc(r.target)}</td><td>{_esc(r.model)} {_esc(r.precision)}"
+            f"{' (gated)' if r.gated else ''}</td><td>{_esc(r.runtime)}</td><td>{_esc(r.device)}</td>"
+            f"<td>{_percent(r.accuracy)}</td><td>{_percent(r.agreement)}</td>"
+            f"<td>{_esc(format_figure('p50_ms', r.p50_ms))}</td><td>{_esc(format_figure('p99_ms', r.p99_ms))}</td>"
             f"<td>{rate}</td><td>{size}</td>"
-            f"<td>{times(r['speedup'])}</td><td>{times(r['throughput_speedup'])}</td><td>{_esc(versus)}</td>"
-            f'<td class="facts">{_esc(shown or r["error"] or "")}</td></tr>'
+            f"<td>{times(r.speedup)}</td><td>{times(r.throughput_speedup)}</td><td>{_esc(versus)}</td>"
+            f'<td class="facts">{_esc(shown or r.error or "")}</td></tr>'
         )
     return (
         "<table><tr><th>target</th><th>model</th><th>runtime</th><th>device</th><th>accuracy</th><th>agreement</th>"
@@ -260,13 +267,13 @@ def _deployment_rows(report: dict) -> str:
     )
 
 
-def _batch_sweep(targets: list[dict]) -> str:
+def _batch_sweep(targets: list[Target]) -> str:
     """Each gated model's latency and throughput per batch size."""
     rows = [
-        f"<tr><td>{_esc(t['name'])}</td><td>{b['batch']}</td><td>{_esc(format_figure('p50_ms', b['p50_ms']))}</td>"
-        f"<td>{_esc(format_figure('p99_ms', b['p99_ms']))}</td><td>{b['throughput_per_s']:,.0f}</td></tr>"
+        f"<tr><td>{_esc(t.name)}</td><td>{b.batch}</td><td>{_esc(format_figure('p50_ms', b.p50_ms))}</td>"
+        f"<td>{_esc(format_figure('p99_ms', b.p99_ms))}</td><td>{_esc(_rate(b.throughput_per_s))}</td></tr>"
         for t in targets
-        for b in t.get("batch_sweep") or []
+        for b in t.batch_sweep
     ]
     if not rows:
         return ""
@@ -277,16 +284,20 @@ def _batch_sweep(targets: list[dict]) -> str:
     )
 
 
-def _coverage_table(coverage: list[dict], names: list[str]) -> str:
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _coverage_table(coverage: list[Coverage], names: list[str]) -> str:
     """How well the pool covers each class, worst first, with what to do where it falls short."""
     order = {"poorly": 0, "thinly": 1, "well": 2}
     rows = []
-    for c in sorted(coverage, key=lambda c: (order.get(c["level"], 3), c["class"])):
-        name = names[c["class"]] if c["class"] < len(names) else c["class"]
+    for c in sorted(coverage, key=lambda c: (order.get(c.level, 3), c.class_)):
+        name = names[c.class_] if c.class_ < len(names) else c.class_
         rows.append(
-            f'<tr class="covered-{c["level"]}"><td>{_esc(name)}</td><td>{c["level"]}</td>'
-            f"<td>{c['selected']:,} / {c['quota']:,}</td><td>{c['mean_confidence']:.2f}</td>"
-            f"<td>{c['pool_predicted']:,}</td><td>{_esc(c['advice'] or '')}</td></tr>"
+            f'<tr class="covered-{_esc(c.level)}"><td>{_esc(name)}</td><td>{_esc(c.level)}</td>'
+            f"<td>{c.selected:,} / {c.quota:,}</td><td>{c.mean_confidence:.2f}</td>"
+            f"<td>{c.pool_predicted:,}</td><td>{_esc(c.advice or '')}</td></tr>"
         )
     return (
         "<table><tr><th>class</th><th>covered</th><th>selected / quota</th><th>teacher confidence</th>"
@@ -316,56 +327,53 @@ tr.inconclusive td{background:#ececf8}.muted{color:#666;font-size:13px}
 """
 
 
-def _kept(student: dict) -> str:
-    if not student.get("kept_epoch") or student.get("keep") != "best":
+def _kept(student: Student) -> str:
+    if not student.kept_epoch or student.keep != "best":
         return ""
     return (
-        f", the weights of epoch {student['kept_epoch']} of {student.get('epochs')}, chosen by teacher agreement on "
+        f", the weights of epoch {student.kept_epoch} of {student.epochs}, chosen by teacher agreement on "
         "selected images it never trained on (no labels read)"
     )
 
 
 def build_report_html(run_dir: Path) -> str:
     run_dir = Path(run_dir)
-    try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{run_dir}: no report.json; run `edgedistill validate` (or compress) for this run first") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{run_dir / 'report.json'}: not valid JSON ({exc})") from None
+    report = Report.read(run_dir / "report.json")
     try:
         samples = json.loads((run_dir / "latency_samples.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         samples = {}
-    targets = report.get("targets", [])
-    selection = report.get("selection") or {}
-    k = len(selection.get("pool_predicted_per_class") or selection.get("selected_per_class") or [])
+    targets = report.targets
+    selection = report.selection or Selection()
+    k = len(selection.pool_predicted_per_class or selection.selected_per_class or [])
     names = _class_names(run_dir, k)
     code = exit_code(report)
     verdict = gate_headline(report)
-    teacher, student, evaluation, parity = (report.get(key) or {} for key in ("teacher", "student", "eval", "parity"))
+    teacher, student, evaluation, parity = report.teacher or Teacher(), report.student, report.eval, report.parity
 
     sections = [
-        f"<h1>edgedistill report: {_esc(report.get('name'))}</h1>",
+        f"<h1>edgedistill report: {_esc(report.name)}</h1>",
         f'<p><span class="verdict v{"nothing" if verdict.startswith("nothing gated") else code}">{verdict} (exit {code})</span></p>',
     ]
-    sections += [f'<p class="warning">Warning: {_esc(w)}</p>' for w in report.get("warnings") or []]
-    if student:
-        ran_in = f" (run in {_esc(teacher['runtime'])})" if teacher.get("runtime") else ""
+    sections += [f'<p class="warning">Warning: {_esc(w)}</p>' for w in report.warnings]
+    if student is not None:
+        ran_in = f" (run in {_esc(teacher.runtime)})" if teacher.runtime else ""
+        top1 = parity.top1_agreement if parity is not None else None
+        max_diff = parity.max_abs_diff if parity is not None else None
         sections.append(
-            f"<p>Student <b>{_esc(student.get('arch'))}</b>: {student.get('parameters', 0):,} parameters, "
-            f"{student.get('onnx_bytes', 0) / 1024:.0f} KiB ONNX{_kept(student)}. Teacher <b>{_esc(teacher.get('arch'))}</b>: "
-            f"{teacher.get('parameters', 0):,} parameters, accuracy "
-            f"{'-' if teacher.get('accuracy') is None else format(teacher['accuracy'], '.2%')}{ran_in}. "
-            f"Eval set: {_esc(evaluation.get('name'))} ({_esc(evaluation.get('samples'))} images). "
+            f"<p>Student <b>{_esc(student.arch)}</b>: {student.parameters or 0:,} parameters, "
+            f"{(student.onnx_bytes or 0) / 1024:.0f} KiB ONNX{_kept(student)}. Teacher <b>{_esc(teacher.arch)}</b>: "
+            f"{teacher.parameters or 0:,} parameters, accuracy "
+            f"{'-' if teacher.accuracy is None else format(teacher.accuracy, '.2%')}{ran_in}. "
+            f"Eval set: {_esc(evaluation.name)} ({_esc(evaluation.samples)} images). "
             + (
-                f"Feature loss: teacher layer <code>{_esc(teacher['feature_layer'])}</code>, student layer "
-                f"<code>{_esc(student.get('feature_layer'))}</code>. "
-                if teacher.get("feature_layer")
+                f"Feature loss: teacher layer <code>{_esc(teacher.feature_layer)}</code>, student layer "
+                f"<code>{_esc(student.feature_layer)}</code>. "
+                if teacher.feature_layer
                 else ""
             )
-            + f"ONNX vs PyTorch: top-1 agreement {_esc(parity.get('top1_agreement'))}, "
-            f"max |diff| {_esc(None if parity.get('max_abs_diff') is None else format(parity['max_abs_diff'], '.2g'))}.</p>"
+            + f"ONNX vs PyTorch: top-1 agreement {_esc(top1)}, "
+            f"max |diff| {_esc(None if max_diff is None else format(max_diff, '.2g'))}.</p>"
         )
     sections += [
         "<h2>Budgets</h2>",
@@ -386,8 +394,8 @@ def build_report_html(run_dir: Path) -> str:
             )
             + "</table>",
         ]
-    if selection.get("coverage"):
-        sections += ["<h2>Pool coverage</h2>", _coverage_table(selection["coverage"], names)]
+    if selection.coverage:
+        sections += ["<h2>Pool coverage</h2>", _coverage_table(selection.coverage, names)]
     plots = [
         ("Latency", lambda: latency_histograms(targets, samples)),
         ("Selection from the pool", lambda: class_histogram(selection, names) if k else None),
@@ -395,14 +403,14 @@ def build_report_html(run_dir: Path) -> str:
             "Selected pool images (most confident per class)",
             lambda: selection_grid(run_dir / "selected.npz", names) if (run_dir / "selected.npz").is_file() else None,
         ),
-        ("Learning curves", lambda: learning_curves(report.get("history") or [])),
+        ("Learning curves", lambda: learning_curves(report.history)),
     ]
     for title, draw in plots:
         image = draw()
         sections.append(f"<h2>{_esc(title)}</h2>" + (image or '<p class="muted">no data in this run</p>'))
     body = "\n".join(sections)
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgedistill: {_esc(report.get("name"))}</title>'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgedistill: {_esc(report.name)}</title>'
         f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
 

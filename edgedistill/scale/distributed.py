@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import BadInput
+from .compute import cuda_problem
+
 
 @dataclass(frozen=True)
 class World:
@@ -33,12 +36,38 @@ class World:
 _WORLD = World()
 
 
+def uses_cuda(device: str) -> bool:
+    """Whether ranks run on CUDA (and so join with NCCL): one rule for init_world and the pre-flight."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def launch_problem(device: str) -> str | None:
+    """Why torchrun's ranks on this machine could not join their NCCL group, with the fix; None when they can (or
+    when there is no torchrun, or the ranks join with gloo on CPU). Found before any stage instead of as a CUDA
+    traceback from every rank."""
+    size, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if size <= 1 or not uses_cuda(device):
+        return None
+    if not dist.is_nccl_available():
+        return (
+            f"torchrun: ranks on CUDA join with the nccl backend, which torch {torch.__version__} lacks. "
+            "Hint: install a CUDA build of torch, or set compute.device: cpu (gloo)"
+        )
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < local:
+        hint = f"torchrun --nproc-per-node {gpus}, or set compute.device: cpu (gloo)" if gpus else "set compute.device: cpu (gloo), or auto"
+        return f"torchrun: {local} ranks on this machine but {gpus} CUDA GPU(s); the nccl backend needs a GPU per rank. Hint: {hint}"
+    return None
+
+
 def init_world(device: str = "auto", timeout_s: float = 1800) -> World:
     """Joins torchrun's process group (NCCL on CUDA, gloo on CPU) once per process; a plain launch is a world of one."""
     global _WORLD
     size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = uses_cuda(device)
+    if use_cuda and (problem := cuda_problem(device)):
+        raise BadInput(problem)  # a Python API caller without the pre-flight still gets one line, not a CUDA traceback
     if use_cuda:
         torch.cuda.set_device(local_rank % max(1, torch.cuda.device_count()))
         dev = torch.device("cuda", torch.cuda.current_device())

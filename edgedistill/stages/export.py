@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -33,9 +33,15 @@ Exporter = Literal["auto", "torchscript", "dynamo"]
 
 @dataclass
 class Parity:
+    """parity.json: the fields of compare_outputs' dict (stages.validate) that the export check keeps."""
+
     samples: int
     max_abs_diff: float
     top1_agreement: float
+
+    @classmethod
+    def of(cls, comparison: dict) -> Parity:
+        return cls(**{f.name: comparison[f.name] for f in fields(cls)})
 
 
 def export_onnx(model: nn.Module, spec: InputSpec, path: Path, class_names: list[str] | None = None, exporter: Exporter = "auto") -> Path:
@@ -176,8 +182,11 @@ def _add_metadata(proto: onnx.ModelProto, spec: InputSpec, class_names: list[str
 
 
 def check_parity(model: nn.Module, onnx_path: Path, images: np.ndarray, spec: InputSpec) -> Parity:
-    """Compares PyTorch and ONNX Runtime logits on real samples, at a batch size other than the export's."""
+    """Compares PyTorch and ONNX Runtime logits on real samples, at a batch size other than the export's, as every
+    target's logits are compared (compare_outputs)."""
     import onnxruntime as ort
+
+    from .validate import compare_outputs
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -185,7 +194,7 @@ def check_parity(model: nn.Module, onnx_path: Path, images: np.ndarray, spec: In
     with torch.inference_mode():
         expected = model.eval()(x).numpy()
     got = np.concatenate([session.run(None, {name: x[i : i + 64].numpy()})[0] for i in range(0, len(x), 64)])
-    return Parity(len(x), float(np.abs(got - expected).max()), float((got.argmax(1) == expected.argmax(1)).mean()))
+    return Parity.of(compare_outputs(got, expected))
 
 
 def parity_dict(parity: Parity) -> dict:

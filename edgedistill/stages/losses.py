@@ -71,7 +71,7 @@ class KDLoss(LossPart):
             "noisy low-probability classes (docs/method.md)",
         )
 
-    def __init__(self, temperature: float = 4.0):
+    def __init__(self, temperature: float = Params.model_fields["temperature"].default):  # one default: the recipe's
         super().__init__()
         self.temperature = temperature
 

@@ -20,6 +20,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from ..atomic import atomic_path, naming
 from ..backends.base import cpu_flags
 from ..errors import BadInput
 from ..models.onnx_info import onnx_info
@@ -134,7 +135,9 @@ def quantize_int8(
     reader = _make_reader(images, index, spec.name, batch, mean_arr, std_arr)
     has_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".part", dir=out.parent) as tmp:
+    # scratch beside `out` (a run directory removes `.*.part` a killed run left); an OSError there without a file
+    # name (ENOSPC from a write) names `out`, the file being made; the result goes through the one atomic writer
+    with naming(out), tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".part", dir=out.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         staged = Path(tmp) / "quantized.onnx"
         with contextlib.redirect_stdout(io.StringIO()):
@@ -167,7 +170,8 @@ def quantize_int8(
                 },
                 **source,
             )
-        os.replace(staged, out)
+        with atomic_path(out) as final:
+            os.replace(staged, final)
     return QuantizeResult(
         path=out,
         method=method,

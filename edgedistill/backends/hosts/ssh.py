@@ -472,6 +472,26 @@ class SSHTarget:
         found = result.stdout.decode("utf-8", "replace").strip() if result.returncode == 0 else ""
         return found or None
 
+    def effective_config(self, timeout_s: float = 10) -> dict[str, str]:
+        """What ssh would use for this destination (``ssh -G``: the alias's HostName, Port, ProxyJump...), read with
+        the same -F and -o options as every connection, so the pre-flight resolves the name ssh will dial."""
+        try:
+            result = subprocess.run(
+                [self._ssh, *self._common, "-G", "--", self.destination], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            raise SSHUnavailable(self.destination, "timeout", f"{self.destination}: `ssh -G` timed out after {timeout_s:g} s.") from None
+        if result.returncode != 0:
+            failure = _diagnose(self.destination, result.stderr)
+            raise failure or SSHUnavailable(
+                self.destination, "config", f"{self.destination}: `ssh -G` failed: {last_line(result.stderr) or 'no error output'}."
+            )
+        config: dict[str, str] = {}
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition(" ")
+            config.setdefault(key.lower(), value.strip())
+        return config
+
     def master_alive(self) -> bool:
         """Whether a shared master connection is up (``ssh -O check``)."""
         if self._master is None or not self._master.path:

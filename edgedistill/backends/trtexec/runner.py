@@ -24,6 +24,7 @@ from ..engine_cache import EngineCache
 from ..hosts import HostRunner, open_host
 from ..hosts.base import Host, last_line
 from ..hosts.local import LocalHost
+from ..runtime import FP32, INT8_TENSORRT, Runtime, register_runtime
 from ..tensorrt import check_int8, gpu_name
 from .log import TrtexecRun, load_trtexec_json, parse_export_output, parse_export_times, parse_trtexec_log, trtexec_command, write_raw_input
 
@@ -48,6 +49,22 @@ def find_trtexec(preferred: str | None = None, explicit: bool = False) -> str | 
         elif found := shutil.which(candidate):
             return found
     return None
+
+
+def locate_trtexec(host: Host, target: TargetSpec) -> str:
+    """The trtexec the target runs on its host: the recipe's path when it names one, else JetPack's default, then PATH.
+    Shared by the runner and the pre-flight, so both look in the same places."""
+    explicit = "trtexec" in target.model_fields_set
+    candidates = [target.trtexec] if explicit else [target.trtexec, "trtexec"]
+    found = next((f for f in map(host.which, candidates) if f), None)
+    if found is None:
+        where = target.trtexec if explicit else f"{target.trtexec} nor on PATH"
+        raise TargetUnavailable(
+            f"{host.destination}: trtexec not found at {where}. Hint: install TensorRT (trtexec "
+            "ships in its bin/ directory; JetPack puts it in /usr/src/tensorrt/bin) or set the "
+            "target's trtexec path."
+        )
+    return found
 
 
 def trtexec_version(trtexec: str) -> str | None:
@@ -89,17 +106,7 @@ class TrtexecRunner(HostRunner):
         self.trtexec = target.trtexec
 
         def setup() -> None:
-            explicit = "trtexec" in target.model_fields_set
-            candidates = [target.trtexec] if explicit else [target.trtexec, "trtexec"]
-            found = next((f for f in map(self.host.which, candidates) if f), None)
-            if found is None:
-                where = target.trtexec if explicit else f"{target.trtexec} nor on PATH"
-                raise TargetUnavailable(
-                    f"{self.destination}: trtexec not found at {where}. Hint: install TensorRT (trtexec "
-                    "ships in its bin/ directory; JetPack puts it in /usr/src/tensorrt/bin) or set the "
-                    "target's trtexec path."
-                )
-            self.trtexec = found
+            self.trtexec = locate_trtexec(self.host, target)
             self.host.put(Path(model), self._path("model.onnx"), timeout_s=target.timeout_s)
 
         self._start(setup)
@@ -313,7 +320,7 @@ def probe() -> dict:
     if found is None:
         return {
             "usable": False,
-            "detail": f"not on PATH nor at {DEFAULT_TRTEXEC}; install TensorRT (trtexec ships in its bin/ directory)",
+            "detail": f"not on PATH nor at {DEFAULT_TRTEXEC}",
             "path": shutil.which("trtexec"),
         }
     return {
@@ -322,3 +329,19 @@ def probe() -> dict:
         "path": found,
         "tensorrt": trtexec_version(found),
     }
+
+
+RUNTIME = register_runtime(
+    Runtime(
+        "trtexec",
+        "TensorRT's trtexec command line, here or on a Jetson over ssh",
+        open_runner,
+        probe,
+        install="install TensorRT: its tar or deb packages (trtexec ships in bin/), or JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)",
+        artifacts={"fp32": FP32, "fp16": FP32, "int8": INT8_TENSORRT},  # fp16: an engine built from the fp32 file
+        builds_engine=True,
+        options=("trtexec",),
+        over_ssh=True,
+        timed_by_duration=False,
+    )
+)

@@ -54,7 +54,7 @@ def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -
                 f"{where}: teacher.input.{key} is {given[key]} but {facts.origin} says {value}; "
                 f"fix the recipe or drop teacher.input.{key} to use the model's"
             )
-    merged = {key: given.get(key, value) for key, value in said.items()}
+    merged = {key: given.get(key, value if value is not None else facts.defaults.get(key)) for key, value in said.items()}
     missing = [key for key, value in merged.items() if value is None]
     if missing:
         raise BadInput(
@@ -75,7 +75,7 @@ def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -
         elif spec.num_classes != facts.num_classes:
             raise BadInput(
                 f"{where}: teacher.num_classes: class-count mismatch: the recipe says {spec.num_classes} "
-                f"but {facts.origin} has {facts.num_classes}"
+                f"but {facts.origin} has {facts.num_classes}{facts.output_hint}"
             )
     if spec.num_classes is None:
         raise BadInput(

@@ -11,7 +11,7 @@ from torch import nn
 from ...errors import BadInput, did_you_mean
 from ..checkpoint import load_weights
 from ..factory import create_model, import_timm
-from .base import SourceFacts, TeacherFormat
+from .base import SourceFacts, TeacherFormat, check_output
 
 if TYPE_CHECKING:
     from ...config.schema import TeacherSpec
@@ -110,6 +110,7 @@ class ArchitectureFormat(TeacherFormat):
             raise BadInput("teacher.pretrained applies to torchvision:NAME and timm:NAME teachers")
         if spec.pretrained is not None and weights is not None:
             raise BadInput("teacher: give weights or pretrained, not both")
+        check_output(self, spec)
 
     def facts(self, spec: TeacherSpec, weights: Path | None) -> SourceFacts:
         if spec.pretrained is not None:

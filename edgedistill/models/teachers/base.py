@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,10 @@ class SourceFacts:
     std: list[float] | None = None
     num_classes: int | None = None
     class_names: list[str] | None = None
+    layout: str | None = None  # NCHW or NHWC, where the model says; edgedistill itself always feeds NCHW
+    defaults: dict = field(default_factory=dict)  # input keys to use when neither the recipe nor the model says them
+    notes: list[str] = field(default_factory=list)  # how the model is read, for the run log
+    output_hint: str = ""  # how to pick another output, appended to a class-count mismatch
 
 
 class TeacherFormat:
@@ -33,6 +37,7 @@ class TeacherFormat:
     (architecture.py) builds the network from code and loads a state dict into it."""
 
     whole_model = True
+    named_outputs = False  # whether teacher.output can pick one of several outputs
     description = ""
 
     def check(self, spec: TeacherSpec, weights: Path | None) -> None:
@@ -41,12 +46,19 @@ class TeacherFormat:
             raise BadInput(f"teacher.weights: arch {spec.arch} needs weights: the model file")
         if spec.pretrained is not None:
             raise BadInput("teacher.pretrained applies to torchvision:NAME and timm:NAME teachers")
+        check_output(self, spec)
 
     def facts(self, spec: TeacherSpec, weights: Path | None) -> SourceFacts:
         return SourceFacts(self.description)
 
     def load(self, spec: TeacherSpec, weights: Path | None, search_path: Path | None) -> nn.Module:
         raise NotImplementedError
+
+
+def check_output(fmt: TeacherFormat, spec: TeacherSpec) -> None:
+    """teacher.output names a graph output, which only formats with named outputs have."""
+    if spec.output is not None and not fmt.named_outputs:
+        raise BadInput(f"teacher.output applies to ONNX teachers (outputs have names there); arch {spec.arch} has one output")
 
 
 FORMATS: Registry[type[TeacherFormat]] = Registry("teacher.arch format")
