@@ -158,6 +158,7 @@ def _print_gate_lines(report) -> None:
 
 def print_report(report) -> None:
     """A run's report (report.json's dict, or a Report): the deployment table per target, then the gate's lines."""
+    from .results.plan import plan_of, print_plan
     from .results.report import Student, Teacher, as_report, deployment_rows, device_label, recommendation_lines, throughput_rows
 
     r = as_report(report)
@@ -210,6 +211,7 @@ def print_report(report) -> None:
             f"points), {(student.int8_onnx_bytes or 0) / 1024:.0f} KiB",
             highlight=False,
         )
+    print_plan(out, plan_of(r))
     _print_gate_lines(r)
 
 

@@ -504,3 +504,17 @@ def test_unreadable_evaluation_files_are_counted_and_can_be_budgeted(models, tmp
     assert evaluation["unreadable"] == 1 and "broken.png" in evaluation["unreadable_examples"][0]
     result = CliRunner().invoke(app, [*base, "--budget", "max_unreadable=0", "--out", str(tmp_path / "strict")])
     assert result.exit_code == 3 and "max_unreadable: measured 1 file(s) > limit 0 file(s)" in result.output
+
+
+def test_a_local_child_process_is_the_runners_own_cpu_not_other_load():
+    """A local trtexec is a child process: its CPU time is the runner's own, so time_rounds must not count it as other
+    processes' load (which could turn a fail into "inconclusive"). own_cpu_s holds ended children's time."""
+    import subprocess
+    import sys
+    import time
+
+    from edgedistill.scale.compute import own_cpu_s
+
+    before, process = own_cpu_s(), time.process_time()
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"], check=True)
+    assert own_cpu_s() - before >= 0.35 and time.process_time() - process < 0.2

@@ -284,8 +284,8 @@ def test_a_litert_board_is_asked_for_what_its_runtime_row_needs(tmp_path, sshd_s
     assert python.status == "ok" and python.detail.endswith("ai_edge_litert.interpreter"), python
     fake = tmp_path / "python-without-litert"
     fake.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.modules[\"ai_edge_litert\"] = None; "
-        f"sys.modules[\"tflite_runtime\"] = None; sys.argv = sys.argv[2:]; exec(sys.argv[0])' \"$@\"\n"
+        f'#!/bin/sh\nexec {sys.executable} -c \'import sys; sys.modules["ai_edge_litert"] = None; '
+        f'sys.modules["tflite_runtime"] = None; sys.argv = sys.argv[2:]; exec(sys.argv[0])\' "$@"\n'
     )
     fake.chmod(0o755)
     missing = checks_of(tmp_path, ssh_target_entry(sshd_server, runtime="litert", remote_python=str(fake)))["board", "python"]

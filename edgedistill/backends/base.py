@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..scale.compute import cpu_busy_s, usable_cpus
+from ..scale.compute import cpu_busy_s, own_cpu_s, usable_cpus
 
 DEFAULT_ROUNDS = 5
 ROUND_FIGURES = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
@@ -201,14 +201,14 @@ def time_rounds(
     rounds = max(1, rounds)
     per_round = max(1, math.ceil(iterations / rounds))
     remote = bool(getattr(getattr(runner, "target", None), "ssh", None))
-    before = None if remote else (cpu_busy_s(), time.process_time(), time.perf_counter())
+    before = None if remote else (cpu_busy_s(), own_cpu_s(), time.perf_counter())
     stats = LatencyStats.from_rounds(
         runner.round_samples(batch, warmup, per_round, rounds, duration_s / rounds if duration_s else None), batch
     )
     if before is not None and before[0] is not None and (busy := cpu_busy_s()) is not None:
         wall = time.perf_counter() - before[2]
         if wall >= MIN_LOAD_WINDOW_S:
-            stats.busy_elsewhere_cores = max(0.0, (busy - before[0]) - (time.process_time() - before[1])) / wall
+            stats.busy_elsewhere_cores = max(0.0, (busy - before[0]) - (own_cpu_s() - before[1])) / wall
             usable = usable_cpus()
             stats.usable_cores = usable
             stats.contended = stats.busy_elsewhere_cores > usable - 1

@@ -74,7 +74,7 @@ def file_fingerprint(path: Path) -> Fingerprint:
     return Fingerprint(digest[:32], 1, np.array([[_h64(b"."), int(digest[:16], 16)]], dtype=_KEY))
 
 
-def paths_fingerprint(paths: Iterable[Path | Skipped], root: Path | None = None, contents: bool = False) -> Fingerprint:
+def paths_fingerprint(paths: Iterable[Path | os.DirEntry | Skipped], root: Path | None = None, contents: bool = False) -> Fingerprint:
     """Files as (path relative to `root`, size, mtime), or their contents' hash with `contents`; entries that cannot be
     read (Skipped, a file gone meanwhile) count too, as their reason."""
     rows: list[tuple[int, int]] = []
@@ -83,13 +83,13 @@ def paths_fingerprint(paths: Iterable[Path | Skipped], root: Path | None = None,
         if isinstance(entry, Skipped):
             name, state = str(entry.path), f"skipped {entry.reason}".encode()
         else:
-            name = str(entry)
+            name = entry.path if isinstance(entry, os.DirEntry) else str(entry)
             name = name[len(prefix) :] if prefix and name.startswith(prefix) else name  # os.path.relpath costs 2x the stat
             try:
                 if contents:
-                    state = file_sha256(entry).encode()
+                    state = file_sha256(Path(name if root is None else os.path.join(root, name))).encode()
                 else:
-                    st = os.stat(entry)
+                    st = entry.stat() if isinstance(entry, os.DirEntry) else os.stat(entry)
                     # a tuple of ints hashes the same in every process (only str and bytes hashes are salted), and
                     # costs a tenth of a blake2b of its text: this is most of a million-file pool's fingerprint time
                     rows.append((_h64(name.encode("utf-8", "surrogateescape")), hash((st.st_size, st.st_mtime_ns)) & _MASK))
@@ -103,4 +103,4 @@ def paths_fingerprint(paths: Iterable[Path | Skipped], root: Path | None = None,
 
 def tree_fingerprint(folder: Path, contents: bool = False) -> Fingerprint:
     """Every image under `folder`, as the one folder walker lists them (edgedistill.inputs.images.iter_images)."""
-    return paths_fingerprint(iter_images(folder), root=folder, contents=contents)
+    return paths_fingerprint(iter_images(folder, entries=True), root=folder, contents=contents)

@@ -56,9 +56,7 @@ def _width_name(width: float) -> str:
 
 
 for _w in LENET_WIDTHS:
-    ZOO.register(f"lenet5_w{_width_name(_w)}")(
-        lambda num_classes=10, in_channels=1, _w=_w: LeNet5(num_classes, in_channels, _w)
-    )
+    ZOO.register(f"lenet5_w{_width_name(_w)}")(lambda num_classes=10, in_channels=1, _w=_w: LeNet5(num_classes, in_channels, _w))
 
 
 class _BasicBlock(nn.Module):
@@ -108,9 +106,7 @@ RESNET_WIDTHS = (8, 16, 32)
 
 for _d in RESNET_DEPTHS:
     for _w in RESNET_WIDTHS:
-        ZOO.register(f"resnet{_d}_w{_w}")(
-            lambda num_classes=10, in_channels=3, _d=_d, _w=_w: CifarResNet(_d, num_classes, in_channels, _w)
-        )
+        ZOO.register(f"resnet{_d}_w{_w}")(lambda num_classes=10, in_channels=3, _d=_d, _w=_w: CifarResNet(_d, num_classes, in_channels, _w))
 
 
 MOBILENET_WIDTHS = {"small": (0.35, 0.5, 0.75, 1.0), "large": (0.35, 0.5, 0.75, 1.0)}

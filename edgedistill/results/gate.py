@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from .plan import plan_markdown, plan_of
 from .report import (
     EXIT_BUDGET_FAILED,
     EXIT_INCONCLUSIVE,
@@ -183,6 +184,8 @@ def summary_markdown(report: Report | dict) -> str:
     if rates:
         lines += ["", "| stage | images/s | ceiling | ratio |", "|---|--:|---|--:|"]
         lines += [f"| {stage} | {rate:,.0f} | {ceiling} {bare:,.0f}/s | {ratio:.2f} |" for stage, rate, ceiling, bare, ratio in rates]
+    if plan := plan_markdown(plan_of(r)):
+        lines += ["", plan]
     return "\n".join(lines) + "\n"
 
 

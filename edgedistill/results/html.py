@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text
+from .plan import plan_html, plan_of
 from .report import (
     Coverage,
     Report,
@@ -382,6 +383,7 @@ def build_report_html(run_dir: Path) -> str:
         _deployment_rows(report),
         *[f"<p>Recommended: {_esc(line)}</p>" for line in recommendation_lines(report)],
         _batch_sweep(targets),
+        plan_html(plan_of(report)),
     ]
     rates = throughput_rows(report)
     if rates:

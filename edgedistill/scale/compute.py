@@ -143,16 +143,23 @@ def cpu_busy_s() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (a local trtexec, a worker): what the machine's
+    busy time holds that is not other processes' load."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def busy_elsewhere_cores(window_s: float = 0.25) -> float | None:
     """Cores other processes keep busy, measured over `window_s` (this process's own CPU time left out)."""
-    before, own, start = cpu_busy_s(), time.process_time(), time.perf_counter()
+    before, own, start = cpu_busy_s(), own_cpu_s(), time.perf_counter()
     if before is None:
         return None
     time.sleep(window_s)
     after = cpu_busy_s()
     if after is None:
         return None
-    return max(0.0, (after - before) - (time.process_time() - own)) / (time.perf_counter() - start)
+    return max(0.0, (after - before) - (own_cpu_s() - own)) / (time.perf_counter() - start)
 
 
 def cpu_threads(threads: int | None, ranks_here: int = 1) -> tuple[int, dict]:
@@ -166,4 +173,3 @@ def cpu_threads(threads: int | None, ranks_here: int = 1) -> tuple[int, dict]:
     busy = None if threads == 0 else busy_elsewhere_cores()
     chosen = usable if busy is None else max(1, min(usable, round(usable - busy)))
     return chosen, {"threads": chosen, "usable_cpus": usable, "busy_elsewhere_cores": busy, "source": "auto" if threads is None else "all"}
-

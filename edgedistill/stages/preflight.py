@@ -103,7 +103,7 @@ def source_checks(recipe: Recipe, stages: Iterable[str]) -> list[Check]:
     (distill reports held-out accuracy on it, validate measures on it). Cheap: no image is decoded."""
     stages = set(stages)
     wanted: list[tuple[str, str]] = []
-    if stages & {"select", "distill"}:
+    if stages & {"select", "plan", "distill"}:
         wanted += [(f"pool.{i}", name) for i, entry in enumerate(recipe.pool) if isinstance(name := getattr(entry, "builtin", None), str)]
     labeled = recipe.eval.labeled
     if stages & {"distill", "validate"} and isinstance(labeled, str) and labeled.startswith("builtin:"):
@@ -384,7 +384,7 @@ def preflight(recipe: Recipe, stages: Iterable[str] = ("select", "distill", "exp
     built-in sources, then each target's runtime, host name, login, remote Python or trtexec and GPU."""
     stages = tuple(stages)
     checks = compute_checks(recipe) + source_checks(recipe, stages)
-    if "validate" in stages:
+    if {"validate", "plan"} & set(stages):  # plan times every candidate on every target
         checks += target_checks(recipe)
     return checks
 
