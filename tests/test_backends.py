@@ -516,5 +516,6 @@ def test_a_local_child_process_is_the_runners_own_cpu_not_other_load():
     from edgedistill.scale.compute import own_cpu_s
 
     before, process = own_cpu_s(), time.process_time()
-    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"], check=True)
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
     assert own_cpu_s() - before >= 0.35 and time.process_time() - process < 0.2
