@@ -342,9 +342,9 @@ def versions(facts_by_runtime: dict) -> str:
 
 def local_runtimes() -> list[str]:
     """The runtimes of the table usable here that run the CPU INT8 export (a GPU runtime needs its own INT8 file)."""
-    from edgedistill.backends import RUNTIMES
+    from edgedistill.backends import INT8_CPU, RUNTIMES
 
-    return [name for name, r in RUNTIMES.items() if r.int8_flavour == "cpu" and r.probe().get("usable")]
+    return [name for name, r in RUNTIMES.items() if r.artifacts.get("int8") is INT8_CPU and r.probe().get("usable")]
 
 
 def write_doc(section: str) -> None:

@@ -182,7 +182,7 @@ def test_second_plan_hits_the_cache_and_a_changed_precision_retimes(tmp_path, co
     assert [r["targets"][0]["source"] for r in second["candidates"]] == ["cache"] * 3
     changed = recipe.model_copy(update={"targets": [recipe.targets[0], recipe.targets[1].model_copy(update={"precision": "fp16"})]})
     plan_stage.plan_students(changed, teacher, train, holdout, tmp_path)
-    assert counted_timing[6:] == [("ov", "fp16", "candidate.fp16.onnx")] * 3
+    assert counted_timing[6:] == [("ov", "fp16", "candidate.student.fp16.onnx")] * 3
     assert json.loads((tmp_path / "cache.json").read_text())["version"] == 1
 
 

@@ -147,18 +147,6 @@ class Runtime:
             raise KeyError(f"runtime {self.name} runs {', '.join(self.precisions)}, not {precision}")
         return self.artifacts[precision]
 
-    # Read-only answers for callers that still ask the old way (stages/plan.py, stages/validate.py,
-    # benchmarks/deploy.py); new code asks artifact_for() and builds_engine.
-    @property
-    def int8_flavour(self) -> str | None:
-        int8 = self.artifacts.get("int8")
-        return None if int8 is None else ("tensorrt" if int8 is INT8_TENSORRT else "cpu")
-
-    @property
-    def fp16_from(self) -> str | None:
-        fp16 = self.artifacts.get("fp16")
-        return None if fp16 is None else ("engine" if fp16.make is None else "file")
-
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 

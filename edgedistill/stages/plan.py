@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_json
-from ..backends import RUNTIMES
+from ..backends import RUNTIMES, MakeInputs
 from ..backends.base import LatencyStats, machine_facts
 from ..config.schema import Budget, InputSpec, Recipe, StudentSpec, TargetSpec
 from ..errors import BadInput, BudgetFailed, EdgeDistillError, TargetUnavailable
@@ -37,8 +37,6 @@ from ..inputs.labeled import EvalSet
 from ..models.factory import build_student_model, count_parameters, student_candidates
 from .distill import distill
 from .export import export_onnx, first_line
-from .fp16 import convert_fp16
-from .quantize import quantize_int8
 from .validate import LATENCY_FIGURES, latency_verdict, predict_torch, validate_target
 
 log = logging.getLogger("edgedistill")
@@ -254,42 +252,37 @@ def time_model(target: TargetSpec, model: Path, spec: InputSpec) -> tuple[dict |
     return result.latency, result.facts, result.error
 
 
-def precision_file(target: TargetSpec, fp32: Path, calibration: np.ndarray, recipe: Recipe, made: dict[str, Path]) -> Path:
-    """The file a target runs at its precision, made once per candidate (`made`): fp32, the INT8 Q/DQ copy of the
-    runtime's flavour calibrated on selected pool images, or the FP16 copy for runtimes that run a file (the others
-    build their fp16 engine from the fp32 file), as the export stage makes them."""
-    runtime = RUNTIMES[target.runtime]
-    if target.precision == "int8":
-        flavour = runtime.int8_flavour
-        name = f"int8-{flavour}"
-        if name not in made:
-            made[name] = fp32.with_name(f"candidate.{name}.onnx")
-            handlers = list(logging.root.handlers)  # ORT's quantizer logs with logging.info(), which installs a root handler
-            try:
-                _quantize(fp32, made[name], calibration, recipe, flavour)
-            finally:
-                logging.root.handlers[:] = handlers
-        return made[name]
-    if target.precision == "fp16" and runtime.fp16_from == "file":
-        if "fp16" not in made:
-            made["fp16"] = convert_fp16(fp32, fp32.with_name("candidate.fp16.onnx"))
-        return made["fp16"]
-    return fp32
-
-
-def _quantize(fp32: Path, out: Path, calibration: np.ndarray, recipe: Recipe, flavour: str | None) -> None:
-    q = recipe.export.int8
-    quantize_int8(
-        fp32,
-        out,
-        calibration,
-        recipe.teacher.input.mean,
-        recipe.teacher.input.std,
-        method=q.method,
-        max_samples=recipe.student.plan.calibration,
-        seed=recipe.seed,
-        for_tensorrt=flavour == "tensorrt",
-    )
+def precision_file(
+    target: TargetSpec, fp32: Path, calibration: np.ndarray, recipe: Recipe, made: dict[str, Path], student: nn.Module | None = None
+) -> Path:
+    """The file a target runs at its precision, made once per candidate (`made`) by the maker its runtime's row names
+    (backends/runtime.py), as the export stage makes it: fp32 itself, the INT8 copy of the runtime's kind calibrated on
+    selected pool images, the FP16 copy, or a file of the runtime's own (LiteRT's .tflite, from the PyTorch student)."""
+    artifact = RUNTIMES[target.runtime].artifact_for(target.precision)
+    if artifact.make is None:
+        return fp32
+    if artifact.file not in made:
+        out = fp32.with_name(f"candidate.{artifact.file}")
+        q, spec = recipe.export.int8, recipe.teacher.input
+        handlers = list(logging.root.handlers)  # ORT's quantizer logs with logging.info(), which installs a root handler
+        try:
+            artifact.make(
+                MakeInputs(
+                    fp32,
+                    out,
+                    calibration,
+                    tuple(spec.mean),
+                    tuple(spec.std),
+                    method=q.method,
+                    max_samples=recipe.student.plan.calibration,
+                    seed=recipe.seed,
+                    student=student.eval() if student is not None else None,
+                )
+            )
+        finally:
+            logging.root.handlers[:] = handlers
+        made[artifact.file] = out
+    return made[artifact.file]
 
 
 # ---------------------------------------------------------------------------------------------------- probe
@@ -408,7 +401,7 @@ def plan_students(
                     try:  # a candidate the exporters or the quantizer cannot take is recorded, not fatal
                         if "fp32" not in made:
                             made["fp32"] = export_onnx(c.model, spec, Path(scratch) / "candidate.onnx", r.teacher.class_names)
-                        model = precision_file(target, made["fp32"], train, r, made)
+                        model = precision_file(target, made["fp32"], train, r, made, c.model)
                     except Exception as exc:  # BadInput from our exporter, or whatever torch.onnx or ORT raise
                         model, error = None, f"not exported at {target.precision}: {first_line(exc)}"
                     latency, facts = None, {}

@@ -553,7 +553,7 @@ def validate_model_file(
             f"{model}: not an image classifier: its output {name!r} has shape {list(dims)}, not (batch, classes) "
             "logits; give the model's classification output"
         )
-    if info.quantized and RUNTIMES[target.runtime].int8_flavour == "tensorrt" and target.precision == "fp32":
+    if info.quantized and RUNTIMES[target.runtime].builds_engine and target.precision == "fp32":
         target = target.model_copy(update={"precision": "int8"})  # TensorRT only honours Q/DQ ranges with INT8 enabled
     check_target(target)
     if labeled is not None:
