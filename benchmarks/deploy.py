@@ -342,7 +342,7 @@ def versions(facts_by_runtime: dict) -> str:
 
 def local_runtimes() -> list[str]:
     """The runtimes of the table usable here that run the CPU INT8 export (a GPU runtime needs its own INT8 file)."""
-    from edgedistill.backends import INT8_CPU, RUNTIMES
+    from edgedistill.backends.runtime import INT8_CPU, RUNTIMES
 
     return [name for name, r in RUNTIMES.items() if r.artifacts.get("int8") is INT8_CPU and r.probe().get("usable")]
 
