@@ -729,10 +729,10 @@ def gate_command(
     files as they are now (a file changed, or a rerun stopped before it validated). The CI gate step after
     `torchrun ... compress`, which always exits 0."""
     from .pipeline import gate_report
-    from .results.report import as_report, exit_code
+    from .results.report import exit_code
 
     try:
-        report = as_report(gate_report(run_dir), run_dir / "report.json")
+        report = gate_report(run_dir)
     except EdgeDistillError as exc:
         _fail(str(exc), exc.exit_code)
     if report.model is not None:

@@ -39,7 +39,7 @@ from .models.teachers import load_teacher_model
 from .results.gate import GATE_FILES
 from .results.html import write_report_html
 from .results.plan import PLAN_PAGES, print_plan, write_plan_files
-from .results.report import gate_error, teacher_class_share, verdict_of
+from .results.report import Report, gate_error, teacher_class_share, verdict_of
 from .results.rundir import RunDir, StageInputs, package_versions
 from .results.selection import Selection, load_selection, save_selection
 from .scale.compute import cpu_threads, resolve_compute, usable_cpus
@@ -942,25 +942,16 @@ def regate(
     return compress(chosen, run_dir, fresh=fresh, stages=("validate",), console=console, what_if_of=saved, rounds=rounds)
 
 
-def gate_report(run_dir: Path | str) -> dict:
+def gate_report(run_dir: Path | str) -> Report:
     """The report `edgedistill gate` judges: the last complete validation of the run's recorded recipe and of the
     files it names as they are now. Raises BadInput (exit 2) saying why there is none: no report yet, a stage out of
     date (the teacher's weights, the pool or the evaluation images changed, a rerun was stopped before it validated),
     or, for a `validate MODEL.onnx` report, a model file that changed since."""
     run_dir = Path(run_dir)
-    path = run_dir / "report.json"
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{run_dir}: no report.json; run compress (or validate) for it first") from None
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"{path}: not readable ({type(exc).__name__}); run validate for it again") from None
-    if not isinstance(report, dict) or not isinstance(report.get("targets"), list):
-        raise BadInput(f"{path}: not a report edgedistill wrote; run validate for it again")
-    model = report.get("model")
-    if isinstance(model, dict):  # `validate MODEL.onnx`: the verdict stands while the model file is the same
-        file = Path(str(model.get("path")))
-        if not file.is_file() or _onnx_digest(file) != model.get("sha256"):
+    report = Report.read(run_dir / "report.json")  # missing, not JSON or not a report: one line, exit 2
+    if report.model is not None:  # `validate MODEL.onnx`: the verdict stands while the model file is the same
+        file = Path(str(report.model.path))
+        if not file.is_file() or _onnx_digest(file) != report.model.sha256:
             raise BadInput(
                 f"{run_dir}: the model it validated, {file}, {'is gone' if not file.is_file() else 'changed since'}; "
                 f"run `edgedistill validate {file} --out {run_dir}` again"
