@@ -79,7 +79,7 @@ def _fail(message: str) -> None:
 
 def _load_run(run_dir: Path):
     """The run's recipe as recorded, and the teacher it names; or a message saying how to make the run."""
-    from edgedistill.config.load import recipe_from_dict
+    from edgedistill.recipe import recipe_from_dict
 
     make = "make it with `make demo` (or `.venv/bin/edgedistill compress recipes/demo.yaml`), then rerun this benchmark"
     if not (run_dir / "run.json").is_file() or not (run_dir / "student.onnx").is_file():
@@ -365,11 +365,10 @@ def demo_models(run_dir: Path, folder: Path, runtimes: list[str]) -> tuple[list[
     from edgedistill.stages.export import export_onnx
     from edgedistill.stages.fp16 import convert_fp16
     from edgedistill.stages.quantize import quantize_int8
-    from edgedistill.stages.select import split_selection
 
     recipe = _load_run(run_dir)
     spec, q = recipe.teacher.input, recipe.export.int8
-    calibration, _ = split_selection(load_selection(run_dir / "selected.npz"))
+    calibration, _ = load_selection(run_dir / "selected.npz").split()
     student = run_dir / "student.onnx"
     int8 = quantize_int8(
         student, folder / "student.int8.onnx", calibration, spec.mean, spec.std, q.method, max_samples=q.samples, seed=recipe.seed

@@ -51,9 +51,9 @@ def score_rate(folder: Path, limit_folders: int) -> tuple[float, int]:
     """Files scored per second by the select stage's reader and teacher over the first `limit_folders` subfolders."""
     import torch
 
-    from edgedistill.config.load import recipe_from_dict
     from edgedistill.inputs.pool import build_pool, default_workers
     from edgedistill.pipeline import load_teacher
+    from edgedistill.recipe import recipe_from_dict
     from edgedistill.stages.select import select_pool
 
     sample = folder / "sample"

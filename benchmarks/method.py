@@ -1,21 +1,28 @@
 """The method measured against its rivals and against itself without each part, over several seeds.
 
-    .venv/bin/python -m benchmarks.method --quick|--full [--bench B1,B1-hard,B1-crawl,B2,B3] [--seed 0,1,2] [--rows full,previous]
+    .venv/bin/python -m benchmarks.method --quick|--full --bench B1[,B1-hard,B1-crawl,B2] [--seed 0,1,2] [--rows full,previous]
+    .venv/bin/python -m benchmarks.method --quick|--full --development --bench B3 [--seed ...] [--rows ...]
 
 Every distillation row runs the product: `edgedistill.compress` (select and distill stages) on a recipe derived from
 recipes/demo.yaml, in its own run directory under runs/bench/; rows whose select section is the same share one
 scoring pass of the pool (its time is counted in each). The accuracy of a row is that of the student the run keeps
-(the last epoch's, or by hold-out teacher agreement: never by labels), on the bench's reporting set. Only the labeled
+(the last epoch's, or by hold-out teacher agreement: never by labels), on the bench's evaluation set. Only the labeled
 upper bound (cross-entropy on the teacher's own data) and the generator baseline (benchmarks/dafl.py) are written here.
 
-Development and reporting are kept apart (docs/method.md): defaults were chosen on development sets (mnist-train,
-a fashion-mnist training subset; benchmarks/develop.py) with seeds 0, 100 and 101 only; this benchmark reports on
-sets that tuning never read (mnist-heldout, fashion-mnist-test, opencv-digits), and B3 was never run before the
-final report.
+Development and reporting are kept apart (docs/method.md). Defaults are chosen on development sets: mnist-train and a
+Fashion-MNIST training subset through benchmarks/develop.py (seeds 0, 100 and 101), and B3, a development bench since
+issue #27. The reporting benches (B1, B1-hard, B1-crawl, B2) are scored on mnist-heldout and fashion-mnist-test.
+That separation was not always kept, and docs/method.md lists where it broke: the demo's first settings were chosen on
+mnist-heldout (2026-11-29), B3 was run as a reporting bench after every default change and its results chose which
+knob the development runs searched next, and B2's pool held mnist-heldout's images (unlabeled) until issue #27. So a
+reporting bench now runs only as pre-registered (benchmarks/preregister.py): a committed file names the bench, its
+definition, the commit of the method and the command, and every reporting run is listed in
+benchmarks/results/reporting-runs.json and docs/method.md, good or bad. Development benches run with --development.
 
 Raw results go to benchmarks/results/method-<mode>/<bench>.seed<k>.json, which is committed: the rendered page is only
 as durable as they are (docs/results-until-2026-12-02.md was rendered from files kept under runs/, since lost). Every
-invocation renders all benches found there into docs/results.md and the docs/<bench>_time_to_accuracy.png plots.
+invocation renders all benches found there into docs/results.md and the docs/<bench>_time_to_accuracy.png plots, and
+the runs list into docs/method.md's "Reporting runs" table.
 """
 
 from __future__ import annotations
@@ -41,16 +48,17 @@ from filelock import FileLock
 from rich.console import Console
 
 from edgedistill.atomic import atomic_write_text
-from edgedistill.config.load import recipe_from_dict
 from edgedistill.config.schema import Recipe
 from edgedistill.inputs.builtin import FASHION_CLASSES, load_builtin
 from edgedistill.inputs.images import convert_array, standardize
 from edgedistill.inputs.labeled import load_labeled
 from edgedistill.pipeline import build_student, compress, load_teacher
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.results.rundir import RunDir, package_versions
 from edgedistill.stages.augment import augment_batch
 from edgedistill.stages.validate import predict_torch
 
+from . import preregister
 from .dafl import run_dafl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,11 +67,30 @@ RECIPES = ROOT / "recipes"
 OUT = ROOT / "runs" / "bench"  # run directories: checkpoints, selections, logs
 RESULTS = ROOT / "benchmarks" / "results"  # raw results, one file per bench and seed
 B1_POOL = [{"builtin": "fashion-mnist"}, {"builtin": "natural-patches", "count": 60000}, {"builtin": "sklearn-digits"}]
+# B2's pool until issue #27: it held mnist-heldout, B1's reporting set (unlabeled, but read by every B2 development run
+# and every B2 row). Its stored results (benchmarks/results/method-full/B2.seed*.json) and its development runs logged
+# before 2026-12-07 used it; `benchmarks.develop --list` lays it over those runs' edits to repeat them.
+B2_POOL_UNTIL_ISSUE_27 = [
+    {"builtin": "mnist-train"},
+    {"builtin": "mnist-heldout"},
+    {"builtin": "sklearn-digits"},
+    {"builtin": "natural-patches", "count": 60000},
+]
+# Today's: opencv-digits (5,000 handwritten digits of OpenCV's sheet, framed to 28x28 as MNIST's) in place of
+# mnist-heldout (5,000 MNIST digits), so the pool keeps 10,000 handwritten digits of the same framing. opencv-digits is
+# no reporting set: it is B3's evaluation set, and B3 is a development bench.
+B2_POOL = [
+    {"builtin": "mnist-train"},
+    {"builtin": "opencv-digits"},
+    {"builtin": "sklearn-digits"},
+    {"builtin": "natural-patches", "count": 60000},
+]
 
 BENCHES = {
     "B1": {
         "what": "MNIST LeNet-5 teacher -> LeNet-5-half; pool Fashion-MNIST 60k + natural patches 60k + sklearn digits 1,797; "
         "accuracy on mnist-heldout (5,000)",
+        "role": "reporting",
         "changes": {},
         "upper": ("mnist-train", None),
         "rows": "all",
@@ -71,6 +98,7 @@ BENCHES = {
     },
     "B1-hard": {
         "what": "as B1 without the sklearn digits slice (no digit at all in the pool)",
+        "role": "reporting",
         "changes": {"pool": B1_POOL[:2]},
         "upper": None,
         "rows": ["teacher", "kd_random", "previous", "full", "epochs_80", "batch_128", "lr_008", "wd_005"],
@@ -78,32 +106,38 @@ BENCHES = {
     "B1-crawl": {
         "what": "reporting only, never run while tuning, for selection: as B1 with 300,000 natural patches instead of 60,000, "
         "so that 0.5% of the pool are digits, as in a web crawl",
+        "role": "reporting",
         "changes": {"pool": [B1_POOL[0], {"builtin": "natural-patches", "count": 300000}, B1_POOL[2]]},
         "upper": None,
         "rows": ["teacher", "full", "no_selection", "no_selection_same_size"],
     },
     "B2": {
-        "what": "Fashion-MNIST LeNet-5 teacher (teachers/fashion_lenet5) -> LeNet-5-half; pool MNIST digits "
-        "(mnist-train + mnist-heldout, 10k) + sklearn digits (upsampled) + natural patches 60k; accuracy on fashion-mnist-test (10,000)",
+        "what": "Fashion-MNIST LeNet-5 teacher (teachers/fashion_lenet5) -> LeNet-5-half; pool handwritten digits "
+        "(mnist-train 5k + opencv-digits 5k) + sklearn digits (upsampled) + natural patches 60k; accuracy on fashion-mnist-test "
+        "(10,000)",
+        "role": "reporting",
         "changes": {
             "name": "fashion-lenet5-half",
             "teacher": {"weights": "../teachers/fashion_lenet5.safetensors", "class_names": FASHION_CLASSES},
-            "pool": [
-                {"builtin": "mnist-train"},
-                {"builtin": "mnist-heldout"},
-                {"builtin": "sklearn-digits"},
-                {"builtin": "natural-patches", "count": 60000},
-            ],
+            "pool": B2_POOL,
             "eval": {"labeled": "builtin:fashion-mnist-test"},
         },
         "upper": ("fashion-mnist", 10000),
         "rows": "all",
         "dafl": True,
     },
+    # B3 is a development bench since issue #27. It was meant for reporting only, but it was run on opencv-digits after
+    # every default change (40, 80 and 160 epochs, batch 128, lr 0.008, weight decay 0.05: six passes over 3 seeds,
+    # after a first run that sat at 10%), and when lr 0.008 lost there, the B1-bn development bench was built as
+    # "B3's family" and weight decay searched until B3 recovered. No default read a label, but B3's results chose which
+    # knob to search, so opencv-digits is a development set now; docs/method.md lists the passes. B3 runs with
+    # --development and needs no pre-registration; benchmarks.develop --bench B3 runs single edits on it.
     "B3": {
-        "what": "reporting only, never run while tuning: torchvision ResNet-18 teacher with BatchNorm (teachers/digits_resnet18, "
+        "what": "development bench (a reporting bench until issue #27, whose results steered tuning): torchvision ResNet-18 "
+        "teacher with BatchNorm (teachers/digits_resnet18, "
         "trained on mnist-train at 32x32) -> torchvision MobileNetV3-Small; the B1 pool at 32x32, 500 selected per class; "
         "accuracy on opencv-digits (5,000 digits of OpenCV's sheet, handwriting from another source)",
+        "role": "development",
         "changes": {
             "name": "digits-resnet18-mobilenetv3",
             "teacher": {
@@ -522,7 +556,29 @@ def merge_seeds(files: list[Path]) -> dict:
     return merged
 
 
-def render(mode: str) -> str:
+def evaluation_note(bench: str, stored_what: str) -> str:
+    """What the rendered page says of a bench's evaluation set, from the bench's role today, and of a definition that
+    changed after its stored runs."""
+    cfg = BENCHES.get(bench)
+    if cfg is None:
+        return "a bench benchmarks.method no longer defines"
+    if cfg["role"] == "development":
+        note = (
+            "a development set: the bench was run as a reporting bench until issue #27 and its results steered which "
+            "defaults were searched (docs/method.md, Reporting runs)"
+        )
+    else:
+        note = (
+            "the bench's reporting set, on which defaults are not chosen (docs/method.md says where that rule was broken); "
+            "every run of the bench is listed in docs/method.md's Reporting runs"
+        )
+    if cfg["what"] != stored_what:
+        note += f". The bench has changed since these runs; today it is: {cfg['what']}"
+    return note
+
+
+def render(mode: str, plots: bool = True) -> str:
+    """docs/results.md (and, with `plots`, its figures) from the stored results, and docs/method.md's runs table."""
     by_bench: dict[str, list[Path]] = {}
     for f in sorted((RESULTS / f"method-{mode}").glob("*.seed*.json")):
         by_bench.setdefault(f.name.split(".seed")[0], []).append(f)
@@ -533,8 +589,8 @@ def render(mode: str) -> str:
         "# Results: the method against its rivals, and without each of its parts",
         "",
         "Written by `benchmarks/method.py`; do not edit by hand. docs/method.md describes the method, how the defaults "
-        "were chosen (on development sets only) and how to read these tables. Rows measured before 2026-12-02 10:16 UTC "
-        "are in [results-until-2026-12-02.md](results-until-2026-12-02.md).",
+        "were chosen and how to read these tables, and lists every reporting run, good or bad, in its Reporting runs table. "
+        "Rows measured before 2026-12-02 10:16 UTC are in [results-until-2026-12-02.md](results-until-2026-12-02.md).",
         "",
     ]
     for r in all_results:
@@ -547,7 +603,7 @@ def render(mode: str) -> str:
             "",
             r["what"] + ".",
             "",
-            f"Accuracy is on {r['eval'].removeprefix('builtin:')}, a set no default was tuned on; ± is the standard deviation "
+            f"Accuracy is on {r['eval'].removeprefix('builtin:')}, {evaluation_note(r['bench'], r['what'])}. ± is the standard deviation "
             "over seeds (selection, holdout, initial weights and batch order change with the seed). Each row's student is "
             "the epoch its recipe keeps without reading labels: the last one by default, or (`keep: best`) the one with the "
             "best teacher agreement on held-out selected images.",
@@ -562,7 +618,8 @@ def render(mode: str) -> str:
             "",
         ]
         png = ROOT / "docs" / f"{r['bench'].lower().replace('-', '_')}_time_to_accuracy.png"
-        plot(r, png)
+        if plots:
+            plot(r, png)
         lines += [f"![{r['bench']} accuracy against time]({png.name})", ""]
     if all_results:
         v = all_results[-1]["versions"]
@@ -580,13 +637,19 @@ def render(mode: str) -> str:
         ]
     text = "\n".join(lines)
     DOC.write_text(text)
+    preregister.write_doc_table(ROOT / "docs" / "method.md")
     return text
+
+
+def invocation() -> str:
+    """This process's command line, as the results and the runs list record it."""
+    return " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]])
 
 
 def store(path: Path, merge_rows: bool, results: dict) -> None:
     """Write one bench and seed's results; with `merge_rows` (a --rows run), the rows run now replace only theirs in
     the stored file, read again under a lock, so several --rows processes can share one bench and seed."""
-    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT), "-m", "benchmarks.method", *sys.argv[1:]])
+    command = invocation()
     with FileLock(str(path) + ".lock"):
         commands = [command]
         if merge_rows and path.is_file():
@@ -615,32 +678,67 @@ def main() -> None:
         "row says otherwise, 3 seeds, "
         "generator budget 10x the full method",
     )
-    parser.add_argument("--bench", default="B1,B1-hard,B1-crawl,B2,B3")
+    reporting = [b for b, cfg in BENCHES.items() if cfg["role"] == "reporting"]
+    development = [b for b, cfg in BENCHES.items() if cfg["role"] == "development"]
+    parser.add_argument(
+        "--bench",
+        help=f"comma-separated; reporting benches: {', '.join(reporting)} (each run only as pre-registered: "
+        f"benchmarks/preregister.py); development benches: {', '.join(development)} (with --development)",
+    )
+    parser.add_argument(
+        "--development", action="store_true", help=f"run development benches ({', '.join(development)}): no pre-registration"
+    )
+    parser.add_argument(
+        "--again",
+        metavar="REASON",
+        help="run a pre-registered reporting command a second time on the same method commit; REASON is listed with the run",
+    )
     parser.add_argument("--seed", help="only these seeds (comma-separated); each seed is stored in its own file")
     parser.add_argument("--rows", help="only these rows (comma-separated); results of other rows are kept")
-    parser.add_argument("--render-only", action="store_true", help="rewrite docs/results.md from the stored results")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite docs/results.md and docs/method.md's runs table from the stored results"
+    )
     args = parser.parse_args()
     mode = "full" if args.full else "quick"
     torch.set_num_threads(1)
     if not args.render_only:
+        if not args.bench:
+            parser.error("--bench is required (a reporting run runs only the benches its pre-registration names)")
+        benches = args.bench.split(",")
+        try:  # before any work: development benches only with --development, reporting benches only as pre-registered
+            preregs = preregister.admit(benches, {b: c["role"] for b, c in BENCHES.items()}, sys.argv[1:], args.development, args.again)
+        except preregister.Refused as e:
+            sys.exit(f"refused: {e}")
         seeds = [int(k) for k in args.seed.split(",")] if args.seed else list(range(MODES[mode]["seeds"]))
         out_dir = RESULTS / f"method-{mode}"
         out_dir.mkdir(parents=True, exist_ok=True)
         OUT.mkdir(parents=True, exist_ok=True)
         only = args.rows.split(",") if args.rows else None
-        for bench in args.bench.split(","):
-            if bench not in BENCHES:
-                sys.exit(f"unknown bench {bench!r}; choose from {', '.join(BENCHES)}")
-            for seed in seeds:
-                with (OUT / f"method-{mode}-{bench}.log").open("a") as log_file:
+        for bench in benches:
+            run_id = None
+            if bench in preregs:  # listed when it starts, so a run that dies is listed too
+                run_id = preregister.record_start(bench, preregs[bench], invocation(), mode, seeds, only, args.again)
+            status, accuracies = "stopped", {}
+            try:
+                for seed in seeds:
+                    with (OUT / f"method-{mode}-{bench}.log").open("a") as log_file:
 
-                    def log(msg: str, log_file=log_file) -> None:
-                        print(msg, flush=True)
-                        log_file.write(msg + "\n")
-                        log_file.flush()
+                        def log(msg: str, log_file=log_file) -> None:
+                            print(msg, flush=True)
+                            log_file.write(msg + "\n")
+                            log_file.flush()
 
-                    save = partial(store, out_dir / f"{bench}.seed{seed}.json", bool(only))
-                    run_bench(bench, mode, seed, only, log, save)
+                        save = partial(store, out_dir / f"{bench}.seed{seed}.json", bool(only))
+                        results = run_bench(bench, mode, seed, only, log, save)
+                    for k, row in results["rows"].items():
+                        for run in row["runs"]:
+                            if k != "teacher":
+                                accuracies.setdefault(k, {})[str(run["seed"])] = run["accuracy"]
+                status = "finished"
+            finally:
+                if run_id is not None:
+                    files = [str((out_dir / f"{bench}.seed{seed}.json").relative_to(ROOT)) for seed in seeds]
+                    preregister.record_end(run_id, status, accuracies, files)
     print(render(mode))
 
 

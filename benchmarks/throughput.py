@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import yaml
 
-from edgedistill.config.load import recipe_from_dict
 from edgedistill.config.schema import ComputeSpec, DistillSpec
 from edgedistill.inputs.images import normalize
 from edgedistill.inputs.pool import build_pool, default_workers
 from edgedistill.models.factory import create_model
 from edgedistill.pipeline import build_student, load_teacher
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.scale.compute import resolve_compute
 from edgedistill.scale.distributed import init_world
 from edgedistill.scale.throughput import bare_forward_rate, bare_step_rate

@@ -48,10 +48,10 @@ def compress(
     """`edgedistill compress`: runs the recipe's stages (all by default) and returns the report, also written to
     RUN_DIR/report.json. Raises BudgetFailed (exit 3) or TargetUnavailable (4) after writing it when the gate fails,
     BadInput (2) for a recipe or override that is wrong; see edgedistill.pipeline.compress."""
-    from .config.load import load_recipe, recipe_with_overrides
     from .config.schema import Recipe
     from .pipeline import STAGES
     from .pipeline import compress as run_pipeline
+    from .recipe import load_recipe, recipe_with_overrides
 
     items = override_items(overrides)
     if isinstance(recipe, Recipe):
@@ -113,9 +113,9 @@ def _validate_model_file(model: Path, items: list[str], out_dir: Path) -> dict:
     MODEL_FILE_OPTIONS (labeled, mean, std, limit, duration_s); one left out is the schema's default."""
     from .config.schema import Budget
     from .errors import BadInput
-    from .stages.validate import MODEL_FILE_OPTIONS, MODEL_FILE_TARGET_FIELDS, validate_model_file
+    from .stages.validate import MODEL_FILE_OPTIONS, model_file_target_fields, validate_model_file
 
-    keys = [name for name in MODEL_FILE_TARGET_FIELDS if name != "budget"] + list(MODEL_FILE_OPTIONS)
+    keys = [name for name in model_file_target_fields() if name != "budget"] + list(MODEL_FILE_OPTIONS)
     settings = _settings(items, dict.fromkeys(keys), "validate MODEL.onnx", prefix="budget")
     budget = {key.removeprefix("budget."): settings.pop(key) for key in list(settings) if key.startswith("budget.")}
     unknown = [name for name in budget if name not in Budget.model_fields]

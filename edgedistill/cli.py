@@ -15,7 +15,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from .backends import RUNTIMES
+from .backends import RUNTIMES, runtimes_reading
 from .config.schema import TargetSpec
 from .errors import BadInput, EdgeDistillError
 from .version import __version__
@@ -264,18 +264,6 @@ def _pipeline_console(quiet: bool) -> Console:
     return _Console(stderr=True, quiet=True) if quiet else console
 
 
-def _check_names(recipe, source: str, overrides: list[str]) -> None:
-    """The recipe's extension names (strategy, losses, runtimes), checked now so that a misspelt --set value is
-    blamed on that option rather than on the file."""
-    from .config.load import blame_overrides
-    from .extensions import check_recipe
-
-    try:
-        check_recipe(recipe, source)
-    except BadInput as exc:
-        raise BadInput(blame_overrides(str(exc), source, overrides)) from None
-
-
 def _under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -294,12 +282,11 @@ def _stage_command(stages: tuple[str, ...]) -> Callable:
             "ssh login, remote Python, trtexec); one line per target and check; exit 0, 2 or 4 (docs/ci.md)",
         ),
     ) -> None:
-        from .config.load import load_recipe
         from .pipeline import compress
+        from .recipe import load_recipe
 
         def work() -> dict | None:
-            loaded = load_recipe(recipe, set_ or [])
-            _check_names(loaded, str(recipe), set_ or [])
+            loaded = load_recipe(recipe, set_ or [])  # checked once, a misspelt --set value blamed on that option
             if preflight:
                 from .stages.preflight import failure
                 from .stages.preflight import preflight as checks_of
@@ -338,12 +325,11 @@ def plan_command(
     set_: list[str] | None = SetOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    from .config.load import load_recipe
     from .pipeline import compress
+    from .recipe import load_recipe
 
     def work() -> None:
         loaded = load_recipe(recipe, set_ or [])
-        _check_names(loaded, str(recipe), set_ or [])
         if not loaded.student.planned:
             raise BadInput(f"{recipe}: student names one arch; give student.candidates (or arch: auto) to plan")
         compress(loaded, run_dir, fresh=fresh, stages=("plan",), console=_pipeline_console(quiet))
@@ -358,8 +344,17 @@ ModelOpt = "MODEL.onnx mode"
 
 
 def _default(field: str) -> object:
-    """A target setting's default, from the schema: the help of the MODEL.onnx options shows what an unset one is."""
-    return TargetSpec.model_fields[field].default
+    """A target setting's default, from the schema, or a runtime's option's from the first row that reads it: the help
+    of the MODEL.onnx options shows what an unset one is."""
+    if field in TargetSpec.model_fields:
+        return TargetSpec.model_fields[field].default
+    return runtimes_reading(field)[0].options.model_fields[field].default
+
+
+def _readers(option: str) -> str:
+    """The runtimes that read a target option, from the table: `onnxruntime, openvino or litert`."""
+    names = [r.name for r in runtimes_reading(option)]
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 @app.command("validate")
@@ -402,7 +397,7 @@ def validate_command(
         None,
         "--threads",
         min=0,
-        help=f"intra-op threads of onnxruntime CPU and openvino (default {_default('threads')}; 0: all cores)",
+        help=f"intra-op threads of {_readers('threads')} (default {_default('threads')}; 0: all cores)",
         rich_help_panel=ModelOpt,
     ),
     iterations: int | None = typer.Option(
@@ -418,14 +413,21 @@ def validate_command(
     precision: str | None = typer.Option(
         None,
         "--precision",
-        help=f"tensorrt/trtexec engine: fp32, fp16 or int8 (default {_default('precision')}; a Q/DQ model builds as int8)",
+        help=f"{'/'.join(r.name for r in RUNTIMES.values() if r.builds_engine)} engine: fp32, fp16 or int8 "
+        f"(default {_default('precision')}; a Q/DQ model builds as int8)",
         rich_help_panel=ModelOpt,
     ),
     provider: list[str] | None = typer.Option(
-        None, "--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt (repeatable, in order)", rich_help_panel=ModelOpt
+        None,
+        "--provider",
+        help=f"{_readers('providers')} execution provider: cpu, cuda, tensorrt (repeatable, in order)",
+        rich_help_panel=ModelOpt,
     ),
     trtexec: str | None = typer.Option(
-        None, "--trtexec", help=f"trtexec binary (default: {_default('trtexec')}, then PATH)", rich_help_panel=ModelOpt
+        None,
+        "--trtexec",
+        help=f"the trtexec binary of runtime {_readers('trtexec')} (default: {_default('trtexec')}, then PATH)",
+        rich_help_panel=ModelOpt,
     ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="use at most this many labeled images", rich_help_panel=ModelOpt),
     duration: float | None = typer.Option(
@@ -506,8 +508,6 @@ def validate_command(
         _fail(f"{', '.join(given)} apply to `validate MODEL.onnx`; a recipe sets them per target (use --set)")
     from .pipeline import regate
 
-    source = str(recipe) if recipe is not None else f"the recipe recorded in {(run_dir or Path('RUN_DIR')) / 'run.json'}"
-
     def work() -> dict | None:
         return regate(
             run_dir,
@@ -519,7 +519,6 @@ def validate_command(
             save=save,
             fresh=fresh,
             console=_pipeline_console(quiet),
-            check=lambda chosen: _check_names(chosen, source, set_ or []),
         )
 
     _run(work, quiet)
@@ -685,7 +684,7 @@ def quantize_command(
 
 @app.command("doctor")
 def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the facts as JSON")) -> None:
-    """What this machine can run: runtimes, ONNX Runtime execution providers, GPUs, TensorRT, trtexec, CPU."""
+    """What this machine can run: every runtime of the table and the parts its probe reports, GPUs, plugins, CPU."""
     from .doctor import collect_facts, facts_table
 
     facts = collect_facts()

@@ -15,17 +15,15 @@ from rich.table import Table
 
 from .backends import RUNTIMES
 from .backends.base import machine_facts
-from .backends.onnxruntime import PROVIDER_ALIASES
 from .registry import PLUGIN_ERRORS, PLUGINS
 
 PROBE_TIMEOUT_S = 15
 GPU_PACKAGES = ("cuda-python", "pycuda", "onnxruntime-gpu", "tensorrt")
 
-# What provides each capability when it is missing: the line doctor prints next to a "no". A runtime's line is its
-# row's `install` (backends/runtime.py), so a runtime added by a module or a plugin brings its own.
+# What provides each capability that is no runtime's when it is missing: the line doctor prints next to a "no". A
+# runtime's line is its row's `install`, and the lines of its parts (ONNX Runtime's execution providers) its row's
+# `part_install` (backends/runtime.py), so a runtime added by a module or a plugin brings its own.
 INSTALL = {
-    "provider cuda": "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver",
-    "provider tensorrt": "pip install onnxruntime-gpu and tensorrt, and an NVIDIA driver",
     "torch.cuda": "an NVIDIA GPU with its driver, and a CUDA build of torch (pytorch.org lists them)",
     "nvidia-smi": "the NVIDIA driver",
     "GPU python packages": "pip install onnxruntime-gpu or tensorrt, for GPU targets",
@@ -34,12 +32,14 @@ INSTALL = {
 
 def install_hint(component: str) -> str:
     """What provides `component` ("runtime openvino", "provider cuda", "torch.cuda", ...); "" where nothing is said."""
-    kind, _, name = component.strip().partition(" ")
+    component = component.strip()
+    kind, _, name = component.partition(" ")
     if kind == "runtime" and name in RUNTIMES:
         return RUNTIMES.get(name).install
     if kind == "plugin":
         return "fix or uninstall the package that declares it (an `edgedistill.plugins` entry point)"
-    return INSTALL.get(component.strip(), "")
+    part = next((row.part_install[component] for row in RUNTIMES.values() if component in row.part_install), None)
+    return part if part is not None else INSTALL.get(component, "")
 
 
 def _version(package: str) -> str | None:
@@ -100,6 +100,12 @@ def _nvidia_smi() -> dict:
 
 
 def _with_install(name: str, probe: dict) -> dict:
+    """The probe, with what installs the runtime, or each of its parts, where it says no."""
+    parts = {
+        part: facts if facts.get("usable") else {**facts, "install": install_hint(part)}
+        for part, facts in (probe.get("parts") or {}).items()
+    }
+    probe = {**probe, "parts": parts} if parts else probe
     return probe if probe.get("usable") else {**probe, "install": install_hint(f"runtime {name}")}
 
 
@@ -129,8 +135,8 @@ def facts_table(facts: dict) -> Table:
 
     for name, probe in facts["runtimes"].items():
         row(f"runtime {name}", probe.get("usable", False), probe.get("detail", ""))
-        for alias, ok in (probe.get("provider_aliases") or {}).items():
-            row(f"  provider {alias}", ok, PROVIDER_ALIASES[alias])
+        for part, found in (probe.get("parts") or {}).items():
+            row(f"  {part}", found.get("usable", False), found.get("detail", ""))
     cuda = facts["torch_cuda"]
     devices = cuda.get("devices") or []
     row(

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 import edgedistill
-from edgedistill.config.load import load_recipe
+from edgedistill.backends import RUNTIMES, option_keys, runtimes_reading
 from edgedistill.config.schema import InputSpec, TargetSpec
 from edgedistill.errors import BadInput, BudgetFailed
 from edgedistill.models.factory import create_model
+from edgedistill.recipe import load_recipe
 from edgedistill.stages.export import export_onnx
 from tests.test_cli_output import small_recipe
 
@@ -91,7 +92,7 @@ def test_a_model_file_is_validated_with_the_schemas_defaults(model_and_images, t
     target = report["targets"][0]
     assert target["name"] == target["runtime"] == field["runtime"].default and target["precision"] == field["precision"].default
     assert target["latency"]["iterations"] == field["iterations"].default and target["latency"]["rounds"] == field["rounds"].default
-    assert target["facts"]["intra_op_threads"] == field["threads"].default
+    assert target["facts"]["intra_op_threads"] == RUNTIMES[field["runtime"].default].options.model_fields["threads"].default
     assert [point["batch"] for point in target["batch_sweep"]] == field["batch_sizes"].default
 
 
@@ -100,19 +101,25 @@ def test_the_validate_options_show_the_schemas_defaults():
 
     from edgedistill.cli import app
 
+    def default(name: str):
+        """A key every target has, or the option of the first runtime that reads it (its row's default)."""
+        if name in TargetSpec.model_fields:
+            return TargetSpec.model_fields[name].default
+        return runtimes_reading(name)[0].options.model_fields[name].default
+
     command = typer.main.get_command(app).commands["validate"]
     helps = {opt: param.help for param in command.params for opt in param.opts}
     for option, name in (("--iterations", "iterations"), ("--warmup", "warmup"), ("--threads", "threads"), ("--rounds", "rounds")):
-        assert f"(default {TargetSpec.model_fields[name].default}" in helps[option], (option, helps[option])
+        assert f"(default {default(name)}" in helps[option], (option, helps[option])
     for option, name in (("--runtime", "runtime"), ("--on-inconclusive", "on_inconclusive"), ("--trtexec", "trtexec")):
-        assert f"(default: {TargetSpec.model_fields[name].default}" in helps[option], (option, helps[option])
+        assert f"(default: {default(name)}" in helps[option], (option, helps[option])
 
 
 def test_model_file_settings_are_a_targets_keys_and_the_file_options(model_and_images, tmp_path):
     model, labeled = model_and_images
     with pytest.raises(BadInput) as info:
         edgedistill.validate(model, {"also_time": []}, out_dir=tmp_path / "x")
-    keys = [name for name in TargetSpec.model_fields if name not in ("budget", "also_time")]
+    keys = [name for name in TargetSpec.model_fields if name not in ("budget", "also_time")] + option_keys()
     assert f"validate MODEL.onnx takes {', '.join(keys)}, labeled, mean, std, limit, duration_s and budget.NAME" in str(info.value)
     with pytest.raises(BadInput, match=r"budget\.min_accuracy: Input should be less than or equal to 1"):
         edgedistill.validate(model, {"budget.min_accuracy": 2}, out_dir=tmp_path / "x")  # was pydantic's ValidationError
@@ -128,8 +135,7 @@ def test_model_file_settings_are_a_targets_keys_and_the_file_options(model_and_i
 
 def test_compress_and_a_model_file_write_the_report_on_one_path(model_and_images, compressed_run, tmp_path, monkeypatch):
     """validate_and_report measures and writes report.json and the gate files for a run and for a model file alike."""
-    from edgedistill import pipeline
-    from edgedistill.stages import validate
+    from edgedistill.stages import deployment, validate
 
     calls = []
 
@@ -139,7 +145,7 @@ def test_compress_and_a_model_file_write_the_report_on_one_path(model_and_images
 
     original = validate.validate_and_report
     monkeypatch.setattr(validate, "validate_and_report", spy)
-    monkeypatch.setattr(pipeline, "validate_and_report", spy)
+    monkeypatch.setattr(deployment, "validate_and_report", spy)
     model, _ = model_and_images
     edgedistill.validate(model, {"iterations": 10, "warmup": 0}, out_dir=tmp_path / "gate")
     run = compressed_run.copy(tmp_path)

@@ -12,15 +12,18 @@ import pytest
 from PIL import Image
 
 from edgedistill.backends import RUNTIMES
-from edgedistill.config.load import recipe_from_dict
 from edgedistill.errors import BadInput
 from edgedistill.extensions import check_recipe, recipe_schema
 from edgedistill.inputs.images import decode_image, sample_folder
 from edgedistill.inputs.labeled import read_class_folders
 from edgedistill.inputs.pool import SOURCES, FolderPart
+from edgedistill.models.factory import ARCH_SOURCES
 from edgedistill.models.teachers import FORMATS
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.registry import Registry
+from edgedistill.stages.class_drop import CLASS_DROPS
 from edgedistill.stages.losses import LOSSES, LossPart
+from edgedistill.stages.refine import REFINE_TARGETS
 from edgedistill.stages.select import STRATEGIES, Strategy
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgedistill"
@@ -28,17 +31,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgedistill"
 # Bottom to top: a module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("foundation", ("errors", "atomic", "registry", "version")),
-    ("config.schema", ("config.schema",)),
+    # the recipe's models and its parsing (YAML, upgrade, --set, the schema): nothing that looks past the recipe's text
+    ("config", ("config",)),
     ("inputs", ("inputs",)),
     ("models", ("models",)),
-    ("config.load", ("config",)),
     ("scale", ("scale",)),
     # the export functions a runtime row names as the makers of the files it runs (backends/runtime.py) sit with the
     # backends: they import nothing above them
     ("backends", ("backends", "stages.quantize", "stages.fp16")),
     ("results", ("results",)),
     ("stages", ("stages",)),
-    ("composition", ("extensions", "pipeline", "doctor")),
+    ("extensions", ("extensions",)),  # every registry, read: the recipe's extension names checked, its JSON Schema
+    # the checked recipe: parse, pool sources, files, teacher completion, student, registries; what pipeline and cli load
+    ("recipe", ("recipe",)),
+    ("composition", ("pipeline", "doctor")),
     ("cli", ("cli", "__main__", "")),
 ]
 
@@ -85,7 +91,9 @@ def import_graph() -> dict[str, set[str]]:
 def test_imports_point_down_the_layers():
     graph = import_graph()
     assert {"edgedistill.stages.distill", "edgedistill.results.report"} <= graph["edgedistill.pipeline"]  # the graph is read
-    assert "edgedistill.models.teachers" in graph["edgedistill.config.load"]
+    assert {"edgedistill.config.load", "edgedistill.inputs.pool", "edgedistill.models.teachers", "edgedistill.extensions"} <= graph[
+        "edgedistill.recipe"
+    ]
     wrong = [
         f"{m} ({LAYERS[layer_of(m)][0]}) imports {i} ({LAYERS[layer_of(i)][0]})"
         for m, imports in graph.items()
@@ -93,6 +101,20 @@ def test_imports_point_down_the_layers():
         if layer_of(i) > layer_of(m)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_config_is_parsing_only():
+    """config/ (schema, load, upgrade) reads the recipe's text alone: the pool's kinds, the files, the teacher, the
+    student and the registries are edgedistill.recipe's, above inputs, models, stages and backends."""
+    graph = import_graph()
+    config = {m: imports for m, imports in graph.items() if m == "edgedistill.config" or m.startswith("edgedistill.config.")}
+    assert {"edgedistill.config.load", "edgedistill.config.schema", "edgedistill.config.upgrade"} <= set(config)
+    above = ("inputs", "models", "stages", "backends", "scale", "results", "extensions", "recipe", "pipeline", "cli", "doctor")
+    wrong = [f"{m} imports {i}" for m, imports in config.items() for i in imports if i.removeprefix("edgedistill.").split(".")[0] in above]
+    assert not wrong, "\n".join(wrong)
+    order = [name for name, _ in LAYERS]
+    assert order.index("config") < order.index("inputs") < order.index("models") < order.index("stages")
+    assert order.index("stages") < order.index("extensions") < order.index("recipe") < order.index("composition")
 
 
 def test_no_import_circle():
@@ -152,12 +174,12 @@ def test_a_registered_strategy_and_loss_reach_the_recipe_and_its_schema():
         assert "least_confident" in schema["$defs"]["SelectSpec"]["properties"]["strategy"]["enum"]
         loss = schema["$defs"]["DistillSpec"]["properties"]["loss"]["properties"]["logit_l1"]
         assert "scale" in loss["anyOf"][1]["properties"]
-        recipe = recipe_from_dict(
+        recipe = recipe_from_dict(  # the checked loading ends with the registries' check
             demo_recipe(select={"strategy": "least_confident"}, distill={"loss": {"kd": 1.0, "logit_l1": {"weight": 0.5, "scale": 2}}})
         )
-        check_recipe(recipe)
+        check_recipe(recipe)  # and it stands on its own too
         with pytest.raises(BadInput, match=r"distill.loss.logit_l1.scal: unknown parameter \(parameters: weight, scale\)"):
-            check_recipe(recipe_from_dict(demo_recipe(distill={"loss": {"logit_l1": {"scal": 2}}})))
+            recipe_from_dict(demo_recipe(distill={"loss": {"logit_l1": {"scal": 2}}}))
     finally:
         STRATEGIES._entries.pop("least_confident")
         LOSSES._entries.pop("logit_l1")
@@ -166,7 +188,8 @@ def test_a_registered_strategy_and_loss_reach_the_recipe_and_its_schema():
 def test_every_extension_point_is_a_registry_and_each_runtime_row_owns_its_runtime():
     """Runtimes, strategies, losses, teacher formats and pool sources are Registries (so a plugin adds to each the
     same way); a runtime row says, itself, the file it runs at each precision and how it is made, and what to install."""
-    assert all(isinstance(r, Registry) for r in (RUNTIMES, STRATEGIES, LOSSES, FORMATS, SOURCES))
+    registries = (RUNTIMES, STRATEGIES, LOSSES, FORMATS, SOURCES, ARCH_SOURCES, CLASS_DROPS, REFINE_TARGETS)
+    assert all(isinstance(r, Registry) for r in registries)
     for name, row in RUNTIMES.items():
         assert row.name == name and row.install and row.precisions and "fp32" in row.precisions
         for precision in row.precisions:
@@ -197,7 +220,7 @@ def test_unknown_names_are_one_line_with_the_nearest():
     ]
     for changes, needle in cases:
         with pytest.raises(BadInput, match=needle.replace("(", r"\(")) as info:
-            check_recipe(recipe_from_dict(demo_recipe(**changes)), "r.yaml")
+            recipe_from_dict(demo_recipe(**changes), source="r.yaml")
         assert str(info.value).startswith("r.yaml: ") and "\n" not in str(info.value)
     with pytest.raises(BadInput, match=r"pool.0: a pool entry needs exactly one of `builtin:`, `folder:`, `shards:`, `manifest:`"):
         recipe_from_dict(demo_recipe(pool=[{"bultin": "sklearn-digits"}]))

@@ -13,20 +13,33 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from pydantic import Field
 from typer.testing import CliRunner
 
-from edgedistill.backends import check_target, create_runner
+from edgedistill.backends import (
+    RUNTIMES,
+    Runtime,
+    RuntimeOptions,
+    check_target,
+    create_runner,
+    register_runtime,
+    runtime_options,
+    threads_option,
+)
 from edgedistill.backends.base import MIN_TIMED_CALLS, LatencyStats, time_calls, time_rounds
 from edgedistill.backends.engine_cache import EngineCache
 from edgedistill.backends.hosts.local import LocalHost
 from edgedistill.backends.onnxruntime import OnnxRuntimeRunner, resolve_providers
-from edgedistill.backends.openvino import OpenVinoRunner
+from edgedistill.backends.openvino import OpenVinoOptions, OpenVinoRunner
+from edgedistill.backends.runtime import FP32
 from edgedistill.backends.trtexec.runner import TrtexecRunner, find_trtexec
 from edgedistill.cli import app
 from edgedistill.config.schema import TargetSpec
 from edgedistill.errors import BadInput, TargetUnavailable
+from edgedistill.extensions import recipe_schema
 from edgedistill.inputs.builtin import load_builtin
 from edgedistill.models.onnx_info import onnx_info
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.stages.export import export_onnx
 from edgedistill.stages.quantize import quantize_int8
 from tests.test_export import CLASSES, MNIST, heldout, trained_lenet5, write_class_folders
@@ -179,7 +192,7 @@ def test_onnxruntime_cuda_provider_matches_cpu(models):
 def test_runtime_selection_and_one_line_errors(models, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no trtexec to be found
     assert isinstance(create_runner(TargetSpec(name="cpu"), models["fp32"]), OnnxRuntimeRunner)
-    if not Path(TargetSpec(name="t").trtexec).exists():  # JetPack's default place, then PATH
+    if not Path(runtime_options(TargetSpec(name="t", runtime="trtexec")).trtexec).exists():  # JetPack's default place, then PATH
         with pytest.raises(TargetUnavailable, match=r"trtexec not found at /usr/src/tensorrt/bin/trtexec nor on PATH") as info:
             create_runner(TargetSpec(name="t", runtime="trtexec"), models["fp32"])
         assert "\n" not in str(info.value) and info.value.exit_code == 4
@@ -197,6 +210,130 @@ def test_runtime_selection_and_one_line_errors(models, tmp_path, monkeypatch):
     info = onnx_info(models["fp32"])
     assert (info.item_shape, info.batch, info.quantized) == ((1, 28, 28), None, False)
     assert onnx_info(models["int8_trt"]).quantized is True
+
+
+# ------------------------------------------------------------------------- runtime options: each row's own keys
+
+
+def test_a_target_key_is_refused_on_a_runtime_that_does_not_read_it():
+    cases = [
+        (
+            {"runtime": "openvino", "trtexec": "/usr/bin/trtexec"},
+            "targets.0: trtexec (the trtexec binary): they need runtime: trtexec; runtime openvino does not read trtexec "
+            "(drop it, or change the runtime; its options: threads)",
+        ),
+        (
+            {"runtime": "tensorrt", "remote_python": "/opt/py"},
+            "targets.0: remote_python (the device's Python): they need runtime: onnxruntime or litert; runtime tensorrt does not "
+            "read remote_python (drop it, or change the runtime; its options: none)",
+        ),
+        (
+            {"runtime": "openvino", "threadz": 2},
+            "targets.0: threadz is not a target key nor an option of runtime openvino (its options: threads); did you mean 'threads'?",
+        ),
+        (
+            {"runtime": "onnxruntime", "threads": -1},
+            "targets.0.threads: Input should be greater than or equal to 0 (an option of runtime onnxruntime)",
+        ),
+    ]
+    for keys, message in cases:
+        with pytest.raises(BadInput) as info:
+            check_target(TargetSpec(name="x", **keys), "targets.0")
+        assert str(info.value) == message
+    # a run.json recorded before the runtimes owned their keys has all four on every target, at these defaults: read alike
+    recorded = TargetSpec(name="ov", runtime="openvino", **TargetSpec.DUMPED_OPTIONS)
+    check_target(recorded)
+    assert runtime_options(recorded) == OpenVinoOptions(threads=1)
+    # and a target still dumps them (stage fingerprints of earlier runs stay the same), round trip included
+    fresh = TargetSpec(name="ov", runtime="openvino", threads=2)
+    dump = fresh.model_dump(mode="json")
+    assert {k: dump[k] for k in TargetSpec.DUMPED_OPTIONS} == {**TargetSpec.DUMPED_OPTIONS, "threads": 2}
+    assert TargetSpec.model_validate(dump).model_dump(mode="json") == dump and runtime_options(TargetSpec.model_validate(dump)).threads == 2
+
+
+class ToyOptions(RuntimeOptions):
+    """Test-only: a runtime's own key, and the shared threads."""
+
+    toy_mark: str = Field("unmarked", title="the toy's mark", description="test-only: what the toy runner records")
+    threads: int = threads_option("the toy runtime")
+
+
+def test_a_runtime_rows_own_key_loads_from_a_recipe_and_reaches_its_runner(models):
+    """A row registered the way a plugin registers one: its options model's key is read from the recipe, checked, and
+    handed typed to its runner (real ONNX Runtime underneath); other runtimes refuse it, the schema offers it on its
+    targets only."""
+    opened = []
+
+    def open_runner(target, model):
+        options = runtime_options(target)
+        opened.append(options)
+        return OnnxRuntimeRunner(model, options.threads)
+
+    register_runtime(
+        Runtime(
+            "toy_opts",
+            "test-only: ONNX Runtime's CPU",
+            open_runner,
+            lambda: {"usable": True, "detail": "test"},
+            "nothing",
+            {"fp32": FP32},
+            options=ToyOptions,
+        )
+    )
+    try:
+        recipe = recipe_from_dict(
+            {
+                "name": "t",
+                "teacher": {"arch": "lenet5", "num_classes": 10, "input": {"channels": 1, "size": 28, "mean": [0.1307], "std": [0.3081]}},
+                "pool": [{"builtin": "sklearn-digits", "count": 200}],
+                "student": {"arch": "lenet5_half"},
+                "targets": [
+                    {"name": "toy", "runtime": "toy_opts", "toy_mark": "from the recipe", "threads": 2},
+                    {"name": "plain", "runtime": "toy_opts"},
+                ],
+            }
+        )
+        with create_runner(recipe.targets[0], models["fp32"]) as runner:
+            assert runner.infer(_normalized(models["eval"].images[:4])).shape == (4, 10) and runner.facts()["intra_op_threads"] == 2
+        create_runner(recipe.targets[1], models["fp32"]).close()
+        assert opened == [ToyOptions(toy_mark="from the recipe", threads=2), ToyOptions()]
+        with pytest.raises(
+            BadInput, match=r"toy_mark \(the toy's mark\): they need runtime: toy_opts; runtime openvino does not read toy_mark"
+        ):
+            check_target(TargetSpec(name="ov", runtime="openvino", toy_mark="x"))
+        with pytest.raises(BadInput, match=r"^targets.0: tooy_mark is not a target key nor .*did you mean 'toy_mark'\?$"):
+            check_target(TargetSpec(name="x", runtime="toy_opts", tooy_mark="x"), "targets.0")
+        defs = recipe_schema()["$defs"]
+        assert defs["Target_toy_opts"]["properties"]["toy_mark"]["default"] == "unmarked"
+        assert "toy_mark" not in defs["Target_openvino"]["properties"]
+
+        class Collides(RuntimeOptions):
+            rounds: int = 3  # every target's key
+
+        class OtherDefault(RuntimeOptions):
+            threads: int = 4  # every recorded target dumps threads: 1
+
+        for bad, why in ((Collides, "option rounds is a key of every target"), (OtherDefault, "option threads must default to 1")):
+            with pytest.raises(ValueError, match=why):
+                Runtime("bad", "test-only", open_runner, lambda: {}, "nothing", {"fp32": FP32}, options=bad)
+    finally:
+        RUNTIMES.unregister("toy_opts")
+
+
+def test_recipe_schema_offers_each_runtime_only_its_own_keys():
+    schema = recipe_schema()
+    items, defs = schema["properties"]["targets"]["items"], schema["$defs"]
+    assert items["discriminator"] == {"propertyName": "runtime", "mapping": {name: f"#/$defs/Target_{name}" for name in RUNTIMES}}
+    assert items["oneOf"] == [{"$ref": ref} for ref in items["discriminator"]["mapping"].values()] and "TargetSpec" not in defs
+    own = {name: set(defs[f"Target_{name}"]["properties"]) - set(TargetSpec.model_fields) for name in RUNTIMES}
+    assert own == {name: set(row.options.model_fields) for name, row in RUNTIMES.items()}
+    assert own["onnxruntime"] == {"providers", "threads", "remote_python"} and own["openvino"] == {"threads"}
+    assert own["trtexec"] == {"trtexec"} and own["litert"] == {"threads", "remote_python"} and own["tensorrt"] == set()
+    for name, row in RUNTIMES.items():
+        branch = defs[f"Target_{name}"]
+        assert branch["additionalProperties"] is False and branch["properties"]["runtime"]["const"] == name
+        assert branch["properties"]["precision"]["enum"] == list(row.precisions)
+        assert ("runtime" in branch["required"]) == (name != "onnxruntime")  # a target without runtime is onnxruntime's
 
 
 # ---------------------------------------------------------------------------------------------- openvino

@@ -5,8 +5,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.throughput import distill_specs
-from edgedistill.config.load import recipe_from_dict
 from edgedistill.config.schema import DistillSpec
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.stages.losses import LOSSES
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

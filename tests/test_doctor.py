@@ -13,7 +13,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from edgedistill.backends import RUNTIMES
-from edgedistill.backends.onnxruntime import PROVIDER_ALIASES
 from edgedistill.cli import app
 from edgedistill.doctor import INSTALL, collect_facts, facts_table, install_hint
 
@@ -32,7 +31,7 @@ def test_doctor_json_lists_runtimes_providers_gpus_and_cpu(tmp_path, monkeypatch
     assert list(facts["runtimes"]) == list(RUNTIMES)  # every runtime of the table, and only those
     ort_facts = facts["runtimes"]["onnxruntime"]
     assert ort_facts["usable"] and ort_facts["version"] == ort.__version__
-    assert ort_facts["providers"] == ort.get_available_providers() and ort_facts["provider_aliases"]["cpu"] is True
+    assert ort_facts["providers"] == ort.get_available_providers() and ort_facts["parts"]["provider cpu"]["usable"] is True
     trtexec = facts["runtimes"]["trtexec"]
     assert trtexec["usable"] and trtexec["path"] == str(wrapper) and trtexec["tensorrt"] == "10.3.0"
     assert facts["runtimes"]["openvino"]["usable"] and facts["runtimes"]["openvino"]["version"]
@@ -59,12 +58,19 @@ def test_doctor_table_says_what_is_missing(monkeypatch, tmp_path):
     table = wide.file.getvalue()
     assert "JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)" in table and "the NVIDIA driver" in table
     assert facts["runtimes"]["trtexec"]["install"] == RUNTIMES["trtexec"].install == install_hint("runtime trtexec")
-    if not facts["runtimes"]["onnxruntime"]["provider_aliases"]["cuda"]:
+    cuda = facts["runtimes"]["onnxruntime"]["parts"]["provider cuda"]
+    if not cuda["usable"]:  # a part's line is its row's too, in the table and in the JSON
         assert "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver" in table
+        assert cuda["install"] == RUNTIMES["onnxruntime"].part_install["provider cuda"] == install_hint("provider cuda")
 
 
 def test_every_runtime_and_provider_has_an_install_hint():
-    """A runtime's hint is its row's (a row without one does not construct); a provider alias without a line in
-    doctor.INSTALL fails here, not in a user's doctor."""
+    """A runtime's hint is its row's (a row without one does not construct), and so are its parts' (ONNX Runtime's
+    execution providers): a part that can be missing without a line fails here, not in a user's doctor. doctor.INSTALL
+    keeps only what is no runtime's."""
     assert all(install_hint(f"runtime {name}") for name in RUNTIMES)
-    assert {f"provider {a}" for a in PROVIDER_ALIASES if a != "cpu"} <= set(INSTALL)
+    for name, row in RUNTIMES.items():
+        missing = [part for part, facts in (row.probe().get("parts") or {}).items() if not facts["usable"]]
+        assert all(row.part_install.get(part) for part in missing), (name, missing)
+    assert set(RUNTIMES["onnxruntime"].part_install) == {"provider cuda", "provider tensorrt"}
+    assert not any(key.startswith(("runtime ", "provider ")) for key in INSTALL)

@@ -18,7 +18,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.config.load import recipe_from_dict
 from edgedistill.config.schema import Budget, InputSpec
 from edgedistill.errors import BadInput
 from edgedistill.extensions import check_recipe
@@ -27,6 +26,7 @@ from edgedistill.inputs.labeled import EvalSet
 from edgedistill.models.checkpoint import load_weights
 from edgedistill.models.factory import create_model
 from edgedistill.models.onnx_info import onnx_info
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.stages.export import check_parity, export_onnx
 from edgedistill.stages.quantize import quantize_int8
 from edgedistill.stages.validate import budget_verdicts, measure_int8
@@ -158,8 +158,9 @@ def test_recipe_export_section_and_int8_budget(tmp_path):
 def test_pipeline_export_writes_int8_and_validate_reports_its_drop(tmp_path):
     """export + validate stages on a finished distill: INT8 calibrated on selected.npz, drop in report.json."""
     from edgedistill.atomic import atomic_write_json
-    from edgedistill.pipeline import Pipeline, save_student
+    from edgedistill.pipeline import Pipeline
     from edgedistill.results.selection import Selection, save_selection
+    from edgedistill.stages.distill import save_student
 
     data = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     weights = tmp_path / "lenet5.safetensors"

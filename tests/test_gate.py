@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from edgedistill.backends.base import LatencyStats, median_interval
 from edgedistill.cli import app
-from edgedistill.config.load import load_recipe
 from edgedistill.config.schema import Budget
 from edgedistill.errors import BudgetInconclusive
 from edgedistill.pipeline import Pipeline
+from edgedistill.recipe import load_recipe
 from edgedistill.results.gate import junit_xml, summary_markdown
 from edgedistill.results.report import exit_code, gate_error, gate_headline, verdict_message
 from edgedistill.stages.validate import budget_verdicts, latency_verdict
@@ -122,7 +122,14 @@ def test_targets_and_budgets_are_inputs_of_validate_only(compressed_run, tmp_pat
     recipe = load_recipe(compressed_run.recipe)
     changed = load_recipe(
         compressed_run.recipe,
-        ["targets.0.budget.p99_ms=0.5", "targets.1.ssh=elsewhere", "targets.1.runtime=trtexec", "targets.1.precision=fp16"],
+        # a whole target changed (trtexec reads no remote_python: back to its default, as the loading checks)
+        [
+            "targets.0.budget.p99_ms=0.5",
+            "targets.1.ssh=elsewhere",
+            "targets.1.runtime=trtexec",
+            "targets.1.precision=fp16",
+            "targets.1.remote_python=python3",
+        ],
     )
     before = Pipeline(recipe, compressed_run.run_dir, Console(quiet=True))
     after = Pipeline(changed, compressed_run.run_dir, Console(quiet=True))
@@ -172,18 +179,10 @@ def test_bad_gate_arguments_exit_2(compressed_run, tmp_path, args, expected):
 
 def test_recipe_schema_lists_remote_target_keys():
     result = CliRunner().invoke(app, ["recipe-schema"])
-    target_schema = json.loads(result.output)["$defs"]["TargetSpec"]["properties"]
-    assert {
-        "ssh",
-        "ssh_config",
-        "known_hosts",
-        "host_key_policy",
-        "runtime",
-        "precision",
-        "remote_python",
-        "trtexec",
-        "timeout_s",
-    } <= target_schema.keys()
+    defs = json.loads(result.output)["$defs"]
+    common = {"ssh", "ssh_config", "known_hosts", "host_key_policy", "runtime", "precision", "timeout_s"}
+    assert common | {"remote_python", "providers"} <= defs["Target_onnxruntime"]["properties"].keys()
+    assert common | {"trtexec"} <= defs["Target_trtexec"]["properties"].keys()
 
 
 def test_precision_needs_trtexec(tmp_path, compressed_run):

@@ -93,7 +93,7 @@ def converted(tmp_path_factory):
 
 def test_the_row_runs_tflite_files_at_fp32_and_int8_here_and_over_ssh():
     row = RUNTIMES.get("litert")
-    assert row.precisions == ("fp32", "int8") and row.over_ssh and set(row.options) == {"threads", "remote_python"}
+    assert row.precisions == ("fp32", "int8") and row.over_ssh and set(row.options.model_fields) == {"threads", "remote_python"}
     assert row.artifact_for("fp32").file == "student.tflite" and row.artifact_for("int8").file == "student.int8.tflite"
     assert row.artifact_for("int8").calibrated and not row.artifact_for("fp32").calibrated and not row.builds_engine
     assert "pip install" in row.install and "litert" in row.install

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 import edgedistill
-from edgedistill.config.load import load_recipe
 from edgedistill.config.schema import AugmentSpec, InputSpec, RefineSpec, ResampleSpec
 from edgedistill.inputs.builtin import load_builtin
 from edgedistill.inputs.images import convert_array, normalize, standardize
 from edgedistill.models.checkpoint import load_weights
 from edgedistill.models.factory import create_model
+from edgedistill.recipe import load_recipe
 from edgedistill.scale.compute import Compute
 from edgedistill.stages.augment import augment_batch, cutmix, mosaic
 from edgedistill.stages.class_drop import drop_classes

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 import edgedistill
 from edgedistill.cli import app
-from edgedistill.config.load import load_recipe
 from edgedistill.errors import BudgetFailed
+from edgedistill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "teachers" / "mnist_lenet5.safetensors"

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from edgedistill.backends.base import LatencyStats
 from edgedistill.cli import app
-from edgedistill.config.load import load_recipe
 from edgedistill.config.schema import Budget, InputSpec, StudentSpec, TargetSpec
 from edgedistill.errors import BadInput
 from edgedistill.models.factory import create_model, student_candidates
 from edgedistill.models.zoo import ZOO, auto_ladder
+from edgedistill.recipe import load_recipe
 from edgedistill.stages import plan as plan_stage
 from edgedistill.stages.export import export_onnx
 from tests.remote_run import make_teacher, ssh_target_entry
@@ -203,14 +203,14 @@ def test_plan_end_to_end_never_reads_the_evaluation_set(tmp_path, monkeypatch):
     """`edgedistill plan` with real ONNX Runtime and OpenVINO timings chooses among the fitting candidates by the
     probe; reading the evaluation set or any label at any point fails the test."""
     import edgedistill.inputs.labeled as labeled
-    import edgedistill.pipeline as pipeline
+    import edgedistill.stages.stage as stage
 
     def forbidden(*_a, **_k):
         raise AssertionError("the plan read the evaluation set")
 
-    monkeypatch.setattr(pipeline, "load_labeled", forbidden)
+    monkeypatch.setattr(stage, "load_labeled", forbidden)
     monkeypatch.setattr(labeled, "load_labeled", forbidden)
-    monkeypatch.setattr(pipeline.Pipeline, "eval_set", forbidden)
+    monkeypatch.setattr(stage.RunContext, "eval_set", forbidden)
     path = write_recipe(tmp_path)
     result = CliRunner().invoke(app, ["plan", str(path), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output

@@ -1,5 +1,6 @@
-"""Plugins: a package that is not edgedistill adds a runtime, a selection strategy, a loss, a pool source kind and a
-teacher format through `edgedistill.plugins` entry points, and a recipe uses all five, with no edit to edgedistill.
+"""Plugins: a package that is not edgedistill adds a runtime (with a target key of its own), a selection strategy, a
+loss, a pool source kind and a teacher format through `edgedistill.plugins` entry points, and a recipe uses all five,
+with no edit to edgedistill.
 
 The package is installed the way an installer leaves it: a directory on the path with the package and a
 NAME.dist-info (METADATA, entry_points.txt), which importlib.metadata reads as an installed distribution. It is put
@@ -93,11 +94,13 @@ def register():
 '''
 
 RUNTIME = '''
-"""A toy runtime: ONNX Runtime's CPU runner on a copy of student.onnx that this plugin makes (student.toy.onnx)."""
+"""A toy runtime: ONNX Runtime's CPU runner on a copy of student.onnx that this plugin makes (student.toy.onnx), with
+a target key of its own (toy_label) beside the threads every CPU runtime takes."""
 
 import onnx
+from pydantic import Field
 
-from edgedistill.backends import Artifact, Runtime, register_runtime
+from edgedistill.backends import Artifact, Runtime, RuntimeOptions, register_runtime, runtime_options, threads_option
 from edgedistill.backends.onnxruntime import OnnxRuntimeRunner
 from edgedistill.backends.runtime import INT8_CPU
 
@@ -110,7 +113,12 @@ def marked_copy(x):
     return {"bytes": x.out.stat().st_size}
 
 
-OPENED = []  # (file name, its toy mark) of each model this runtime opened
+OPENED = []  # (file name, its toy mark, the target's toy_label) of each model this runtime opened
+
+
+class ToyOptions(RuntimeOptions):
+    toy_label: str = Field("unlabelled", title="the toy's label", description="what the toy runtime records of each model it opens")
+    threads: int = threads_option("the toy runtime")
 
 
 class ToyRunner(OnnxRuntimeRunner):
@@ -118,8 +126,9 @@ class ToyRunner(OnnxRuntimeRunner):
 
 
 def open_runner(target, model):
-    OPENED.append((model.name, {p.key: p.value for p in onnx.load(str(model)).metadata_props}.get("toy")))
-    return ToyRunner(model, target.threads)
+    options = runtime_options(target)
+    OPENED.append((model.name, {p.key: p.value for p in onnx.load(str(model)).metadata_props}.get("toy"), options.toy_label))
+    return ToyRunner(model, options.threads)
 
 
 def probe():
@@ -134,6 +143,7 @@ RUNTIME = register_runtime(
         probe,
         install="pip install edtoy-plugin",
         artifacts={"fp32": Artifact("student.toy.onnx", marked_copy), "int8": INT8_CPU},
+        options=ToyOptions,
     )
 )
 '''
@@ -174,7 +184,8 @@ report = edgedistill.compress(recipe, run)
 import edtoy_plugin, edtoy_plugin.runtime
 print(json.dumps({
     "runtimes": list(RUNTIMES),
-    "schema_runtimes": schema["TargetSpec"]["properties"]["runtime"]["enum"],
+    "schema_runtimes": list(recipe_schema()["properties"]["targets"]["items"]["discriminator"]["mapping"]),
+    "schema_toy_keys": sorted(set(schema["Target_toy_ort"]["properties"]) - set(schema["Target_tensorrt"]["properties"])),
     "schema_strategies": schema["SelectSpec"]["properties"]["strategy"]["enum"],
     "schema_losses": list(schema["DistillSpec"]["properties"]["loss"]["properties"]),
     "schema_formats": schema["TeacherSpec"]["properties"]["arch"]["examples"],
@@ -203,7 +214,17 @@ def test_a_plugin_package_adds_every_kind_and_a_recipe_uses_them(tmp_path):
         "distill": {"epochs": 1, "batch_size": 32, "augment": None, "loss": {"kd": 1.0, "toy_l1": {"weight": 0.1, "scale": 2}}},
         "export": {"teacher": False},
         "targets": [
-            {"name": "toy", "runtime": "toy_ort", "warmup": 2, "iterations": 20, "rounds": 1, "batch_sizes": [1], "also_time": ["int8"]}
+            {
+                "name": "toy",
+                "runtime": "toy_ort",
+                "toy_label": "from the recipe",  # the plugin runtime's own key
+                "threads": 1,
+                "warmup": 2,
+                "iterations": 20,
+                "rounds": 1,
+                "batch_sizes": [1],
+                "also_time": ["int8"],
+            }
         ],
     }
     path = tmp_path / "recipe.yaml"
@@ -214,6 +235,7 @@ def test_a_plugin_package_adds_every_kind_and_a_recipe_uses_them(tmp_path):
 
     # every registry reader sees the plugin's entries: the runtime table, the recipe schema, doctor
     assert out["runtimes"][-1] == "toy_ort" and out["schema_runtimes"] == out["runtimes"]
+    assert out["schema_toy_keys"] == ["threads", "toy_label"]  # its branch of the targets' union offers its own keys
     assert "toy_margin" in out["schema_strategies"] and "toy_l1" in out["schema_losses"] and "toy_lenet" in out["schema_formats"]
     assert out["doctor_toy"]["usable"] and out["doctor_plugins"] == {
         "loaded": {"toy": "edtoy_plugin:register", "toy_runtime": "edtoy_plugin.runtime"},
@@ -225,7 +247,10 @@ def test_a_plugin_package_adds_every_kind_and_a_recipe_uses_them(tmp_path):
     selection = json.loads((run / "selection.json").read_text())
     assert "toy_noise" in json.dumps(selection)
     assert (run / "student.toy.onnx").is_file() and (run / "student.int8.onnx").is_file()
-    assert out["opened"] == [["student.int8.onnx", None], ["student.toy.onnx", "made by edtoy_plugin"]]
+    assert out["opened"] == [
+        ["student.int8.onnx", None, "from the recipe"],
+        ["student.toy.onnx", "made by edtoy_plugin", "from the recipe"],
+    ]
     assert "toy" in json.loads((run / "report.json").read_text())["targets"][0].values()
 
     # the CLI's help lists the plugin's runtime from the table

@@ -121,9 +121,9 @@ def test_labeled_limit_is_a_seeded_class_stratified_sample(tmp_path):
 
 def test_compress_eval_limit_uses_the_recipes_seed_and_builtins_are_stratified(tmp_path):
     """compress reads eval.limit through the same sampler as `validate --limit`, seeded by the recipe."""
-    from edgedistill.config.load import load_recipe
     from edgedistill.inputs.builtin import load_builtin
     from edgedistill.inputs.labeled import load_labeled, read_class_folders
+    from edgedistill.recipe import load_recipe
     from tests.test_pipeline import tiny_recipe
 
     folder = labeled_tree(tmp_path / "ten", [30] * 10)

@@ -20,8 +20,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.config.load import load_recipe
 from edgedistill.errors import BadInput, TargetUnavailable
+from edgedistill.recipe import load_recipe
 from edgedistill.stages.preflight import Check, failure, run_preflight, target_checks
 from tests.remote_run import ROOT, ssh_target_entry
 
@@ -228,9 +228,16 @@ def _standin(folder: Path) -> Path:
     return wrapper
 
 
+def trtexec_entry(server, **keys) -> dict:
+    """A target on runtime trtexec over ssh: remote_python is not a key of that runtime (its trtexec is)."""
+    entry = ssh_target_entry(server, runtime="trtexec", **keys)
+    entry.pop("remote_python")
+    return entry
+
+
 def test_trtexec_over_ssh_missing_and_present(tmp_path, sshd_server):
-    missing = ssh_target_entry(sshd_server, runtime="trtexec", trtexec="/nonexistent/trtexec")
-    present = ssh_target_entry(sshd_server, name="board2", runtime="trtexec", trtexec=str(_standin(tmp_path)))
+    missing = trtexec_entry(sshd_server, trtexec="/nonexistent/trtexec")
+    present = trtexec_entry(sshd_server, name="board2", trtexec=str(_standin(tmp_path)))
     found = checks_of(tmp_path, missing, present)
     gone = found["board", "trtexec"]
     assert gone.status == "failed" and gone.error is TargetUnavailable and "trtexec not found at /nonexistent/trtexec" in gone.detail

@@ -7,9 +7,9 @@ import yaml
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.config.load import load_recipe
 from edgedistill.errors import BadInput
 from edgedistill.extensions import check_recipe
+from edgedistill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

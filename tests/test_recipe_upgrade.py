@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.config.load import load_recipe, recipe_from_dict
 from edgedistill.config.schema import Recipe
 from edgedistill.config.upgrade import CURRENT, UPGRADES
 from edgedistill.errors import BadInput
 from edgedistill.extensions import check_recipe, recipe_schema
+from edgedistill.recipe import load_recipe, recipe_from_dict
 
 DATA = Path(__file__).resolve().parent / "data" / "recipes"
 CURRENT_FORM = DATA / "current.yaml"

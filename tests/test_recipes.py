@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from edgedistill.config.load import load_recipe
 from edgedistill.extensions import check_recipe
 from edgedistill.pipeline import load_teacher
+from edgedistill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))

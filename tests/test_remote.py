@@ -187,8 +187,8 @@ def test_trtexec_runner_contract_with_standin(compressed_run, sshd_server, tmp_p
 
 def test_validate_target_with_trtexec_standin(compressed_run, sshd_server, tmp_path):
     """The whole validate_target path on a trtexec target; one eval image because the stand-in always returns 1x10."""
-    from edgedistill.config.load import load_recipe
     from edgedistill.inputs.labeled import EvalSet
+    from edgedistill.recipe import load_recipe
     from edgedistill.stages.validate import validate_target
 
     recipe = load_recipe(compressed_run.recipe)

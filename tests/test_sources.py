@@ -102,7 +102,7 @@ def test_opencv_digits_are_500_per_class_framed_like_mnist() -> None:
     assert np.bincount(data.labels).tolist() == [500] * 10 and data.class_names == [str(d) for d in range(10)]
     border = np.concatenate([data.images[:, :4].ravel(), data.images[:, -4:].ravel(), data.images[:, :, :4].ravel()])
     assert border.max() == 0 and data.images[:, 4:24, 4:24].mean() > 20  # white ink inside a 4-px dark frame
-    assert "opencv-doc" in sources.BUILTINS["opencv-digits"]
+    assert "opencv-doc" in sources.BUILTINS["opencv-digits"].description
 
 
 def test_natural_patches_are_seeded_and_cached_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,13 +17,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 import edgedistill
-from edgedistill.config.load import recipe_from_dict
 from edgedistill.config.schema import ClassDropSpec, DistillSpec, InputSpec
 from edgedistill.errors import BadInput
 from edgedistill.models.checkpoint import load_weights
 from edgedistill.models.factory import build_student_model, create_model
 from edgedistill.models.features import FeatureTap
 from edgedistill.pipeline import build_student, load_teacher
+from edgedistill.recipe import recipe_from_dict
 from edgedistill.stages.distill import Distiller
 from edgedistill.stages.export import export_onnx
 

@@ -1,7 +1,8 @@
 """Runtime backends: one registry of runtime rows (RUNTIMES, backends/runtime.py) that the recipe check, the
 pipeline, the CLI, doctor and the runner factory all read. Adding a runtime is one module that builds its
-`Runtime` row (precisions and the file it runs at each, open_runner, probe, install hint) and registers it with
-`register_runtime`; here, or in a plugin package (edgedistill.registry: the `edgedistill.plugins` entry points).
+`Runtime` row (precisions and the file it runs at each, the target keys only it reads as a pydantic model,
+open_runner, probe, install hint) and registers it with `register_runtime`; here, or in a plugin package
+(edgedistill.registry: the `edgedistill.plugins` entry points).
 
 Every runner has the same interface (base.Runner): open on construction, infer, time, facts, close.
 """
@@ -16,7 +17,20 @@ from . import onnxruntime, openvino, tensorrt  # noqa: F401  (each registers its
 from .base import Runner
 from .hosts.ssh import check_destination
 from .litert import RUNTIME as _litert  # noqa: F401  (registers its row)
-from .runtime import BUILTIN_ARTIFACTS, RUNTIME_OPTIONS, RUNTIMES, Artifact, MakeInputs, Runtime, register_runtime
+from .runtime import (
+    BUILTIN_ARTIFACTS,
+    RUNTIMES,
+    Artifact,
+    MakeInputs,
+    Runtime,
+    RuntimeOptions,
+    option_keys,
+    register_runtime,
+    remote_python_option,
+    runtime_options,
+    runtimes_reading,
+    threads_option,
+)
 from .trtexec import runner as trtexec_runner  # noqa: F401  (registers its row)
 
 if TYPE_CHECKING:
@@ -25,13 +39,18 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_ARTIFACTS",
     "RUNTIMES",
-    "RUNTIME_OPTIONS",
     "Artifact",
     "MakeInputs",
     "Runtime",
+    "RuntimeOptions",
     "check_target",
     "create_runner",
+    "option_keys",
     "register_runtime",
+    "remote_python_option",
+    "runtime_options",
+    "runtimes_reading",
+    "threads_option",
 ]
 
 
@@ -41,7 +60,8 @@ def create_runner(target: TargetSpec, model: Path) -> Runner:
 
 
 def check_target(target: TargetSpec, where: str = "") -> None:
-    """What the runtime's row says about a target's options, found before anything runs."""
+    """What the runtime's row says about a target, found before anything runs: its precisions, whether it runs over
+    ssh, and the target's other keys, validated by the row's options model (Runtime.read_options)."""
     prefix = f"{where}: " if where else ""
     runtime = RUNTIMES.get(target.runtime, where)  # unknown: one line with the nearest name
     if target.precision not in runtime.precisions:
@@ -53,13 +73,7 @@ def check_target(target: TargetSpec, where: str = "") -> None:
     if target.ssh and not runtime.over_ssh:
         others = [r.name for r in RUNTIMES.values() if r.over_ssh]
         raise BadInput(f"{prefix}runtime {runtime.name} runs on this machine; for a device over ssh use runtime: {' or '.join(others)}")
-    for key in sorted(target.model_fields_set & RUNTIME_OPTIONS.keys()):  # given, and not the default: meant for it
-        if key not in runtime.options and getattr(target, key) not in (None, [], type(target).model_fields[key].default):
-            others = [r.name for r in RUNTIMES.values() if key in r.options]
-            raise BadInput(
-                f"{prefix}{key} ({RUNTIME_OPTIONS[key]}): they need runtime: {' or '.join(others) or 'none'}; "
-                f"runtime {runtime.name} does not read {key} (drop it, or change the runtime)"
-            )
+    runtime.read_options(target, where, strict=True)  # its own keys, by its options model; any other key is one line
     if target.ssh:
         try:
             check_destination(target.ssh)

@@ -3,13 +3,14 @@ what it ran on; plus the latency statistics and the timing loop all local runner
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,15 +29,13 @@ def median_interval(values: list[float] | np.ndarray, confidence: float = INTERV
     with k as large as still holds the true median with `confidence` (binomial order statistics, no assumption on how
     latency is distributed); under 5 rounds no interval reaches 90%, so it is the smallest to the largest round.
     One round gives a point: no interval, as a single measurement was judged before rounds existed."""
+    from scipy.stats import binom  # imported here: 0.8 s that only a verdict pays
+
     v = np.sort(np.asarray(values, dtype=np.float64))
     n = len(v)
-    k, coverage = 1, 1.0 - 2 * 0.5**n if n > 1 else 0.0
-    while 2 * (k + 1) <= n + 1:
-        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-        if 1 - 2 * tail < confidence:
-            break
-        k, coverage = k + 1, 1 - 2 * tail
-    return float(np.median(v)), float(v[k - 1]), float(v[n - k]), coverage
+    tails = binom.cdf(np.arange((n + 1) // 2), n, 0.5)  # tails[j]: chance that at most j rounds are below the true median
+    k = max(1, int((1 - 2 * tails >= confidence).sum()))  # the k-th smallest and k-th largest hold it with 1 - 2 * tails[k - 1]
+    return float(np.median(v)), float(v[k - 1]), float(v[n - k]), float(1 - 2 * tails[k - 1])
 
 
 @dataclass
@@ -60,9 +59,9 @@ class LatencyStats:
     p99_ms: float
     min_ms: float
     max_ms: float
-    cv: float
+    cv: float = field(metadata={"description": "spread of single calls (std / mean)"})
     throughput_per_s: float
-    noisy: bool = False
+    noisy: bool = field(default=False, metadata={"description": "the rounds' medians differ by over 10%: the machine's speed changed"})
     rounds: int = 1
     round_spread: float | None = None
     per_round: dict[str, list[float]] | None = None
@@ -70,7 +69,12 @@ class LatencyStats:
     contended: bool = False
     usable_cores: int | None = None
     pooled: dict[str, float] | None = None
-    samples_ms: np.ndarray | None = field(default=None, repr=False, compare=False)
+    samples_ms: np.ndarray | None = field(default=None, repr=False, compare=False)  # not in the summary: latency_samples.json
+
+    @classmethod
+    def summary_fields(cls) -> list[Field]:
+        """The fields of the summary (as_dict), which report.json's `latency` holds (results.report.Latency)."""
+        return [f for f in fields(cls) if f.name != "samples_ms"]
 
     @classmethod
     def from_samples(cls, samples_ms: np.ndarray, batch: int) -> LatencyStats:
@@ -127,7 +131,7 @@ class LatencyStats:
 
     def as_dict(self) -> dict:
         """The summary only: the raw samples go to their own file (latency_samples.json)."""
-        return {k: v for k, v in asdict(self).items() if k != "samples_ms"}
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in self.summary_fields()}
 
 
 class Runner(ABC):

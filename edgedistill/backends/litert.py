@@ -1,6 +1,6 @@
 """LiteRT (Google's on-device runtime, formerly TensorFlow Lite; the `ai-edge-litert` package): runs student.tflite and
 its full-integer INT8 copy student.int8.tflite, on this machine (LiteRTRunner) or on a board over ssh in the board's
-own Python through litert_worker.py (RemoteLiteRTRunner). Both go through litert_worker.Model.
+own Python through litert_worker.py (RemoteLiteRTRunner, a worker.WorkerRunner). Both go through litert_worker.Model.
 
 The files are not made from student.onnx: litert-torch converts the PyTorch student itself (MakeInputs.student), and
 ai-edge-quantizer makes the INT8 copy from that conversion, static full-integer (int8 weights and activations, int8
@@ -12,7 +12,6 @@ as that many calls, which is how a phone or a board runs a classifier anyway. Se
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import tempfile
 import warnings
@@ -24,9 +23,10 @@ import numpy as np
 from ..errors import BadInput, TargetUnavailable
 from . import litert_worker
 from .base import LatencyStats, Runner, machine_facts, time_calls
-from .hosts import HostRunner, open_host
-from .hosts.base import Host, last_line
-from .runtime import Artifact, MakeInputs, Runtime, register_runtime
+from .hosts import open_host
+from .hosts.base import Host
+from .runtime import Artifact, MakeInputs, Runtime, RuntimeOptions, register_runtime, remote_python_option, runtime_options, threads_option
+from .worker import WorkerRunner
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
@@ -65,8 +65,7 @@ class LiteRTRunner(Runner):
 
     def __init__(self, model: Path, threads: int = 0):
         import_litert()
-        if Path(model).suffix != ".tflite":
-            raise TargetUnavailable(f"runtime litert runs .tflite files, not {Path(model).name} (no LiteRT conversion of it here)")
+        check_tflite(model)
         try:
             self.model = litert_worker.Model(model, threads)
         except (ValueError, RuntimeError) as exc:  # the interpreter's errors for a file it cannot read
@@ -86,78 +85,42 @@ class LiteRTRunner(Runner):
         self.model = None
 
 
-class RemoteLiteRTRunner(HostRunner):
+class LiteRTOptions(RuntimeOptions):
+    """The target keys LiteRT reads."""
+
+    threads: int = threads_option("LiteRT's XNNPACK CPU delegate")
+    remote_python: str = remote_python_option("numpy and ai-edge-litert (or the older tflite-runtime)")
+
+
+class RemoteLiteRTRunner(WorkerRunner):
     """LiteRT in the device's own Python (ai-edge-litert or tflite-runtime), driven by litert_worker.py uploaded to it."""
 
     name = "litert"
+    worker, remote_name, model_name = WORKER, "edgedistill_litert.py", "model.tflite"
+    helper, modules = "LiteRT", "ai-edge-litert"
+    install = "pip install ai-edge-litert on the board (aarch64 wheels exist)"
+    exit_hints = {litert_worker.MODEL_REJECTED_EXIT: "upgrade ai-edge-litert on the board"}
 
-    def __init__(self, host: Host, model: Path, target: TargetSpec):
-        super().__init__(host, target)
-        self.python = target.remote_python
-        if Path(model).suffix != ".tflite":
-            raise TargetUnavailable(f"runtime litert runs .tflite files, not {Path(model).name} (no LiteRT conversion of it here)")
+    def __init__(self, host: Host, model: Path, target: TargetSpec, options: LiteRTOptions):
+        check_tflite(model)
+        super().__init__(host, model, target, options.remote_python, [str(options.threads)])
 
-        def setup() -> None:
-            self.host.put(WORKER, self._path("edgedistill_litert.py"), timeout_s=target.timeout_s)
-            self.host.put(Path(model), self._path("model.tflite"), timeout_s=target.timeout_s)
-            self.runtime_facts = self._call("check")
 
-        self._start(setup)
-
-    def _call(self, mode: str, *args: object) -> dict:
-        worker, model = self._path("edgedistill_litert.py"), self._path("model.tflite")
-        argv = [self.python, worker, mode, model, str(self.target.threads), *map(str, args)]
-        result = self._run_tracked(argv, self.target.timeout_s)
-        if result.returncode == 127:
-            raise TargetUnavailable(
-                f"{self.destination}: `{self.python}` not found on the target. "
-                "Hint: install Python 3 there or set the target's remote_python to its path."
-            )
-        if result.returncode == litert_worker.MISSING_MODULE_EXIT:
-            raise TargetUnavailable(
-                f"{self.destination}: {self.python} lacks ai-edge-litert or numpy ({last_line(result.stderr)}). "
-                "Hint: pip install ai-edge-litert on the board (aarch64 wheels exist), or set remote_python to a Python that has it."
-            )
-        if result.returncode == litert_worker.MODEL_REJECTED_EXIT:
-            raise TargetUnavailable(f"{self.destination}: {last_line(result.stderr)}. Hint: upgrade ai-edge-litert on the board.")
-        if result.returncode != 0:
-            self._unavailable_if_full(result.stderr)
-            raise TargetUnavailable(f"{self.destination}: the LiteRT helper exited with {result.returncode}: {last_line(result.stderr)}")
-        try:
-            return json.loads(result.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            said = last_line(result.stdout + result.stderr)
-            raise TargetUnavailable(f"{self.destination}: the LiteRT helper printed no result ({said})") from None
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        with tempfile.TemporaryDirectory() as tmp:
-            np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(x, dtype=np.float32))
-            self.host.put(Path(tmp) / "inputs.npy", self._path("inputs.npy"), timeout_s=self.target.timeout_s)
-            self._call("infer", self._path("inputs.npy"), self._path("outputs.npy"))
-            self.host.get(self._path("outputs.npy"), Path(tmp) / "outputs.npy", timeout_s=self.target.timeout_s)
-            return np.load(Path(tmp) / "outputs.npy")
-
-    def time(self, batch: int, warmup: int, iterations: int, duration_s: float | None = None) -> LatencyStats:
-        return LatencyStats.from_samples(np.asarray(self._call("time", batch, warmup, iterations)["samples_ms"]), batch)
-
-    def round_samples(self, batch: int, warmup: int, per_round: int, rounds: int, duration_s: float | None = None) -> list[np.ndarray]:
-        """All rounds in one call of the helper, which loads the model once."""
-        result = self._call("time", batch, warmup, per_round, rounds)
-        return [np.asarray(r) for r in result.get("rounds_ms") or [result["samples_ms"]]]
-
-    def facts(self) -> dict:
-        return {"runtime": "litert", **self.runtime_facts, "ssh": self.target.ssh, **self.device_facts()}
+def check_tflite(model: Path) -> None:
+    if Path(model).suffix != ".tflite":
+        raise TargetUnavailable(f"runtime litert runs .tflite files, not {Path(model).name} (no LiteRT conversion of it here)")
 
 
 def open_runner(target: TargetSpec, model: Path) -> Runner:
+    options = runtime_options(target)
     if target.ssh:
         host = open_host(target)
         try:
-            return RemoteLiteRTRunner(host, model, target)
+            return RemoteLiteRTRunner(host, model, target, options)
         except BaseException:
             host.close()
             raise
-    return LiteRTRunner(model, target.threads)
+    return LiteRTRunner(model, options.threads)
 
 
 def probe() -> dict:
@@ -260,7 +223,7 @@ RUNTIME = register_runtime(
         probe,
         install=INSTALL,
         artifacts={"fp32": FP32_TFLITE, "int8": INT8_TFLITE},
-        options=("threads", "remote_python"),
+        options=LiteRTOptions,
         over_ssh=True,
         remote_modules=("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
     )

@@ -2,8 +2,8 @@
 edgedistill uploads this file and calls it once per step; it prints one JSON line. backends/litert.py imports the
 same `Model` to run LiteRT on this machine, so both sides feed and read the model the same way.
 
-argv: MODE MODEL THREADS [mode arguments]; modes: check, infer SOURCE TARGET, time BATCH WARMUP ITERATIONS [ROUNDS].
-Exit codes: 3 a module is missing, 4 the model is rejected.
+argv: MODE MODEL THREADS [mode arguments]; modes: check, infer SOURCE TARGET, time BATCH WARMUP ITERATIONS [ROUNDS]
+(worker.py). Exit codes: 3 a module is missing, 4 the model is rejected.
 """
 
 import json

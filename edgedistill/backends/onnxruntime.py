@@ -1,30 +1,28 @@
 """ONNX Runtime: in this process (OnnxRuntimeRunner), or on a device in its own Python through ort_worker.py
-(RemoteOnnxRuntimeRunner); CPU unless other execution providers are asked for and installed."""
+(RemoteOnnxRuntimeRunner, a worker.WorkerRunner); CPU unless other execution providers are asked for and installed."""
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import BadInput, TargetUnavailable
 from .base import LatencyStats, Runner, machine_facts, time_calls
 from .engine_cache import default_engine_cache
-from .hosts import HostRunner, open_host
-from .hosts.base import Host, last_line
-from .runtime import FP32, INT8_CPU, Runtime, register_runtime
+from .hosts import open_host
+from .hosts.base import Host
+from .runtime import FP32, INT8_CPU, Runtime, RuntimeOptions, register_runtime, remote_python_option, runtime_options, threads_option
+from .worker import MODEL_REJECTED_EXIT, WorkerRunner
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 WORKER = Path(__file__).with_name("ort_worker.py")
-MISSING_MODULE_EXIT = 3
-MODEL_REJECTED_EXIT = 4
-MISSING_PROVIDER_EXIT = 5
+MISSING_PROVIDER_EXIT = 5  # ort_worker.py's own exit code, beside worker.py's
 
 
 def resolve_providers(names: list[str] | None) -> list[str]:
@@ -109,102 +107,49 @@ def _provider_options(providers: list[str], engine_cache: Path | None) -> list:
     return [(p, options) if p == "TensorrtExecutionProvider" else p for p in providers]
 
 
-class RemoteOnnxRuntimeRunner(HostRunner):
-    """ONNX Runtime in the device's own Python (the target's providers, CPU by default), driven by a small uploaded script."""
+class OnnxRuntimeOptions(RuntimeOptions):
+    """The target keys ONNX Runtime reads."""
+
+    providers: list[str] | None = Field(
+        None,
+        title="ONNX Runtime execution providers",
+        description="ONNX Runtime execution providers in order of preference: cpu, cuda, tensorrt (or ORT's names, e.g. "
+        "CUDAExecutionProvider); CPU stays as the fallback for nodes a GPU provider refuses; default: cpu",
+    )
+    threads: int = threads_option("ONNX Runtime's CPU provider")
+    remote_python: str = remote_python_option("numpy and onnxruntime (onnxruntime-gpu for the GPU providers)")
+
+
+class RemoteOnnxRuntimeRunner(WorkerRunner):
+    """ONNX Runtime in the device's own Python (the target's providers, CPU by default), driven by ort_worker.py."""
 
     name = "onnxruntime"
+    worker, remote_name, model_name = WORKER, "edgedistill_ort.py", "model.onnx"
+    helper = modules = "onnxruntime"
+    install = "pip install onnxruntime on the board (on Jetson, the wheel built for its JetPack)"
+    exit_hints = {
+        MODEL_REJECTED_EXIT: "upgrade onnxruntime on the board; the export uses ONNX opset 17",
+        MISSING_PROVIDER_EXIT: "GPU providers need the onnxruntime-gpu build for the board, or list only the providers it has",
+    }
 
-    def __init__(self, host: Host, model: Path, target: TargetSpec):
-        super().__init__(host, target)
-        self.python = target.remote_python
-        self.providers = resolve_providers(getattr(target, "providers", None))
-
-        def setup() -> None:
-            self.host.put(WORKER, self._path("edgedistill_ort.py"), timeout_s=target.timeout_s)
-            self.host.put(Path(model), self._path("model.onnx"), timeout_s=target.timeout_s)
-            self.runtime_facts = self._call("check")
-
-        self._start(setup)
-
-    def _call(self, mode: str, *args: object) -> dict:
-        argv = [
-            self.python,
-            self._path("edgedistill_ort.py"),
-            mode,
-            self._path("model.onnx"),
-            str(self.target.threads),
-            ",".join(self.providers),
-            *map(str, args),
-        ]
-        result = self._run_tracked(argv, self.target.timeout_s)
-        if result.returncode == 127:
-            raise TargetUnavailable(
-                f"{self.destination}: `{self.python}` not found on the target. "
-                "Hint: install Python 3 there or set the target's remote_python to its path."
-            )
-        if result.returncode == MISSING_MODULE_EXIT:
-            raise TargetUnavailable(
-                f"{self.destination}: {self.python} lacks onnxruntime or numpy ({last_line(result.stderr)}). "
-                "Hint: pip install onnxruntime on the board (on Jetson, the wheel built for its JetPack), "
-                "or set remote_python to a Python that has it."
-            )
-        if result.returncode == MISSING_PROVIDER_EXIT:
-            raise TargetUnavailable(
-                f"{self.destination}: {last_line(result.stderr)}. Hint: GPU providers need the "
-                "onnxruntime-gpu build for the board, or list only the providers it has."
-            )
-        if result.returncode == MODEL_REJECTED_EXIT:
-            raise TargetUnavailable(
-                f"{self.destination}: {last_line(result.stderr)}. Hint: upgrade onnxruntime on the board; the export uses ONNX opset 17."
-            )
-        if result.returncode != 0:
-            self._unavailable_if_full(result.stderr)
-            raise TargetUnavailable(
-                f"{self.destination}: the onnxruntime helper exited with {result.returncode}: {last_line(result.stderr)}"
-            )
-        try:
-            return json.loads(result.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            raise TargetUnavailable(
-                f"{self.destination}: the onnxruntime helper printed no result ({last_line(result.stdout + result.stderr)})"
-            ) from None
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        with tempfile.TemporaryDirectory() as tmp:
-            np.save(Path(tmp) / "inputs.npy", np.ascontiguousarray(x, dtype=np.float32))
-            self.host.put(Path(tmp) / "inputs.npy", self._path("inputs.npy"), timeout_s=self.target.timeout_s)
-            self._call("infer", self._path("inputs.npy"), self._path("outputs.npy"), 256)
-            self.host.get(self._path("outputs.npy"), Path(tmp) / "outputs.npy", timeout_s=self.target.timeout_s)
-            return np.load(Path(tmp) / "outputs.npy")
-
-    def time(self, batch: int, warmup: int, iterations: int, duration_s: float | None = None) -> LatencyStats:
-        samples = self._call("time", batch, warmup, iterations)["samples_ms"]
-        return LatencyStats.from_samples(np.asarray(samples), batch)
-
-    def round_samples(self, batch: int, warmup: int, per_round: int, rounds: int, duration_s: float | None = None) -> list[np.ndarray]:
-        """All rounds in one call of the helper: a call per round would load the model on the device again each time."""
-        result = self._call("time", batch, warmup, per_round, rounds)
-        return [np.asarray(r) for r in result.get("rounds_ms") or [result["samples_ms"]]]
+    def __init__(self, host: Host, model: Path, target: TargetSpec, options: OnnxRuntimeOptions):
+        self.threads, self.providers = options.threads, resolve_providers(options.providers)
+        super().__init__(host, model, target, options.remote_python, [str(self.threads), ",".join(self.providers)])
 
     def facts(self) -> dict:
-        return {
-            "runtime": "onnxruntime",
-            **self.runtime_facts,
-            "intra_op_threads": self.target.threads or "default",
-            "ssh": self.target.ssh,
-            **self.device_facts(),
-        }
+        return {**super().facts(), "intra_op_threads": self.threads or "default"}
 
 
 def open_runner(target: TargetSpec, model: Path) -> Runner:
+    options = runtime_options(target)
     if target.ssh:
         host = open_host(target)
         try:
-            return RemoteOnnxRuntimeRunner(host, model, target)
+            return RemoteOnnxRuntimeRunner(host, model, target, options)
         except BaseException:
             host.close()
             raise
-    return OnnxRuntimeRunner(model, target.threads, target.providers)
+    return OnnxRuntimeRunner(model, options.threads, options.providers)
 
 
 def probe() -> dict:
@@ -219,7 +164,7 @@ def probe() -> dict:
         "detail": f"{ort.__version__} ({ort.get_device()})",
         "version": ort.__version__,
         "providers": available,
-        "provider_aliases": {alias: name in available for alias, name in PROVIDER_ALIASES.items()},
+        "parts": {f"provider {alias}": {"usable": name in available, "detail": name} for alias, name in PROVIDER_ALIASES.items()},
     }
 
 
@@ -231,7 +176,11 @@ RUNTIME = register_runtime(
         probe,
         install="pip install onnxruntime (onnxruntime-gpu for its CUDA and TensorRT execution providers)",
         artifacts={"fp32": FP32, "int8": INT8_CPU},
-        options=("providers", "threads", "remote_python"),
+        options=OnnxRuntimeOptions,
         over_ssh=True,
+        part_install={
+            "provider cuda": "pip install onnxruntime-gpu (in place of onnxruntime) and a CUDA driver",
+            "provider tensorrt": "pip install onnxruntime-gpu and tensorrt, and an NVIDIA driver",
+        },
     )
 )

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import BadInput, TargetUnavailable
 from .base import LatencyStats, Runner, machine_facts, time_calls
-from .runtime import FP16, FP32, INT8_CPU, Runtime, register_runtime
+from .runtime import FP16, FP32, INT8_CPU, Runtime, RuntimeOptions, register_runtime, runtime_options, threads_option
 
 if TYPE_CHECKING:
     from ..config.schema import TargetSpec
@@ -94,8 +94,14 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled = None
 
 
+class OpenVinoOptions(RuntimeOptions):
+    """The target keys OpenVINO reads."""
+
+    threads: int = threads_option("OpenVINO's CPU plugin (INFERENCE_NUM_THREADS)")
+
+
 def open_runner(target: TargetSpec, model: Path) -> Runner:
-    return OpenVinoRunner(model, target.threads, target.precision)
+    return OpenVinoRunner(model, runtime_options(target).threads, target.precision)
 
 
 def probe() -> dict:
@@ -120,6 +126,6 @@ RUNTIME = register_runtime(
         probe,
         install="pip install openvino",
         artifacts={"fp32": FP32, "fp16": FP16, "int8": INT8_CPU},
-        options=("threads",),
+        options=OpenVinoOptions,
     )
 )

@@ -1,8 +1,9 @@
 """ONNX Runtime on a device, run by the device's own Python (3.6+, numpy and onnxruntime): edgedistill uploads this
 file and calls it once per step. Prints one JSON line.
 
-argv: MODE MODEL THREADS PROVIDERS [mode arguments]; modes: check, infer, time. Exit codes: 3 a module is
-missing, 4 the model is rejected, 5 an execution provider is missing.
+argv: MODE MODEL THREADS PROVIDERS [mode arguments]; modes: check, infer SOURCE TARGET [BATCH], time BATCH WARMUP
+ITERATIONS [ROUNDS] (worker.py). Exit codes: 3 a module is missing, 4 the model is rejected, 5 an execution provider is
+missing.
 """
 
 import json
@@ -50,7 +51,7 @@ def main(mode, model, threads, providers, *rest):
             "cpus": os.cpu_count(),
         }
     elif mode == "infer":
-        source, target, batch = rest[0], rest[1], int(rest[2])
+        source, target, batch = rest[0], rest[1], int(rest[2]) if len(rest) > 2 else 256
         x = np.load(source)
         out = [sess.run(None, {inp.name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
         np.save(target, np.concatenate(out))

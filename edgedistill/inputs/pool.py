@@ -395,7 +395,7 @@ class ManifestSource(PoolSource):
 
 
 def build_pool(recipe: Recipe, rank: int = 0, world_size: int = 1) -> Pool:
-    """The recipe's pool, its entries already turned into registered source kinds by edgedistill.config.load."""
+    """The recipe's pool, its entries already turned into registered source kinds by edgedistill.recipe."""
     parts = [entry.part(recipe, i) for i, entry in enumerate(recipe.pool)]
     return Pool(recipe.teacher.input, parts, recipe.select.batch_size, rank, world_size)
 

@@ -1,4 +1,5 @@
-"""Built-in architectures: the small networks of the data-free KD literature, by the names a recipe uses."""
+"""Built-in architectures: the small networks of the data-free KD literature, by the names a recipe uses (without a
+prefix: the `builtin` entry of models.factory.ARCH_SOURCES reads ZOO)."""
 
 from __future__ import annotations
 

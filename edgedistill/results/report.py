@@ -9,12 +9,13 @@ attributes. A report written before `schema_version` existed still loads (each v
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from ..backends.base import LatencyStats
 from ..config.schema import Budget
 from ..errors import BadInput, BudgetFailed, BudgetInconclusive, EdgeDistillError, TargetUnavailable
 
@@ -104,28 +105,26 @@ class Verdict(Section):
         return data
 
 
-class Latency(Section):
-    """Milliseconds per call at batch 1 (backends.base.LatencyStats): with several rounds, each figure is the median
-    of the rounds' figures, the one the gate judges; `pooled` holds those of all calls together."""
+def _latency_fields() -> dict[str, Any]:
+    """backends.base.LatencyStats' summary fields, as report.json's `latency` types them: each one optional (a report
+    may lack it), defaulting as in LatencyStats or to null, so a new latency figure is added there alone."""
+    types = get_type_hints(LatencyStats)
+    return {
+        f.name: (
+            types[f.name] if f.default is not MISSING else types[f.name] | None,
+            Field(None if f.default is MISSING else f.default, description=f.metadata.get("description")),
+        )
+        for f in LatencyStats.summary_fields()
+    }
 
-    batch: int | None = None
-    iterations: int | None = None
-    mean_ms: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    min_ms: float | None = None
-    max_ms: float | None = None
-    cv: float | None = Field(None, description="spread of single calls (std / mean)")
-    throughput_per_s: float | None = None
-    noisy: bool = Field(False, description="the rounds' medians differ by over 10%: the machine's speed changed")
-    rounds: int = 1
-    round_spread: float | None = None
-    per_round: dict[str, list[float]] | None = None
-    busy_elsewhere_cores: float | None = None
-    contended: bool = False
-    usable_cores: int | None = None
-    pooled: dict[str, float] | None = None
+
+Latency = create_model(
+    "Latency",
+    __base__=Section,
+    __doc__="""Milliseconds per call at batch 1 (backends.base.LatencyStats): with several rounds, each figure is the median
+    of the rounds' figures, the one the gate judges; `pooled` holds those of all calls together.""",
+    **_latency_fields(),
+)
 
 
 class Throughput(Section):

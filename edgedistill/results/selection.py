@@ -18,6 +18,12 @@ class Selection:
     probs: np.ndarray  # float32 (N, K), the teacher's softmax
     stats: dict = field(default_factory=dict)
 
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, holdout) images: the select stage puts a seeded holdout last (stages.select.holdout_last), so
+        training reads a slice, never a copy, of the memory-mapped images."""
+        cut = len(self.images) - self.stats.get("holdout", 0)
+        return self.images[:cut], self.images[cut:]
+
 
 def images_path(npz: Path) -> Path:
     return npz.with_name(npz.stem + "_images.npy")

@@ -1,6 +1,7 @@
-"""The deployment table: every model a run produced (the teacher, the student at each precision) measured on each
-target the way the gated model is, with speed-ups against the teacher on the same target and runtime, a
-recommendation per device, and warnings when the student did not learn."""
+"""The run's validate stage: each target gated (stages/validate.py, the one validation path), and the deployment table:
+every model a run produced (the teacher, the student at each precision) measured on each target the way the gated
+model is, with speed-ups against the teacher on the same target and runtime, a recommendation per device, and warnings
+when the student did not learn. The report is assembled from the stages' typed results."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ import numpy as np
 from ..backends import RUNTIMES
 from ..config.schema import Budget, InputSpec, TargetSpec
 from ..inputs.labeled import EvalSet
-from ..results.report import TargetResult, device_label
-from .validate import Int8Reference, validate_target
+from ..models.factory import count_parameters
+from ..models.teachers import teacher_format
+from ..results.gate import GATE_FILES
+from ..results.html import write_report_html
+from ..results.report import TargetResult, device_label, teacher_class_share, verdict_of
+from .export import ExportStage, engine_file, target_file
+from .stage import Progress, RunContext, Stage, load_student, log
+from .validate import Gated, Int8Reference, Reference, measure_int8, predict_torch, validate_and_report, validate_target
 
 RECOMMEND_MAX_DROP = 0.005  # a precision is recommended only within half a point of the fp32 student
 NEAR_CHANCE = 1.5  # a student scoring under 1.5x chance learned nothing
@@ -150,3 +157,151 @@ def student_warnings(score: float, basis: str, num_classes: int, teacher_accurac
             "the student may need more epochs or capacity"
         ]
     return []
+
+
+WHAT_IF_DIR = "what-if"  # where `validate --run-dir --set/--target` writes its report, beside the run's own
+
+
+class ValidateStage(Stage):
+    """Gates every target on the student file its runtime runs, times the run's other models for the deployment
+    table, and writes report.json (with the gate files and report.html). A what-if (RunContext.what_if) writes its
+    report to WHAT_IF_DIR and records nothing."""
+
+    name = "validate"
+    sections = ("teacher", "eval", "targets")
+    after = ("select", "export")
+    files = ("teacher", "eval")
+    writes = ("report.json", "latency_samples.json", *GATE_FILES, "report.html")
+
+    def extra_inputs(self, ctx: RunContext) -> dict:
+        """Rounds say how well a budget is measured, not what it is (validate --rounds): not an input."""
+        return {"targets": [{k: v for k, v in t.items() if k != "rounds"} for t in ctx.recipe.section("targets")["targets"]]}
+
+    def run(self, ctx: RunContext, progress: Progress) -> None:
+        r, run = ctx.student_recipe, ctx.run
+        eval_set, spec = ctx.eval_set(), r.teacher.input
+        teacher = ctx.teacher
+        teacher_pred = predict_torch(teacher, eval_set.images, spec).argmax(1)
+        teacher_acc = float((teacher_pred == eval_set.labels).mean()) if eval_set.labels is not None else None
+        student = load_student(r, run)
+        student_logits = predict_torch(student, eval_set.images, spec)
+        basis = "accuracy" if eval_set.labels is not None else "teacher agreement"
+        student_score = float((student_logits.argmax(1) == (eval_set.labels if eval_set.labels is not None else teacher_pred)).mean())
+        selection, exported, trained = ctx.result("select"), ctx.result("export"), ctx.result("distill")
+        int8_summary, int8_reference = None, None
+        if r.export.int8.enabled and (run / "student.int8.onnx").is_file():
+            measured, int8_reference = measure_int8(run / "student.onnx", run / "student.int8.onnx", eval_set, spec, teacher_pred)
+            int8_summary = (exported.int8.as_dict() if exported.int8 is not None else {}) | measured
+        reference = Reference(teacher_pred, teacher_acc, student_logits, int8_reference, teacher_class_share(selection.as_dict()))
+        teacher_onnx = ExportStage.teacher_file(ctx)
+        teacher_runtime = teacher_format(r.teacher.arch).runtime
+        engine_for = lambda target, precision: run.artifact(name) if (name := engine_file(target, precision)) else None
+        gated = []
+        for target in r.targets:
+            resolved = target.resolved(r)
+            if ctx.rounds is not None:
+                resolved = resolved.model_copy(update={"rounds": ctx.rounds})
+            gated.append(Gated(resolved, target_file(run.path, target), engine_for(target, target.precision)))
+        rows = []
+
+        def progress_of(item: Gated) -> Callable[[int], None]:
+            task = progress.add_task(f"validate: {item.target.name}", total=len(eval_set.images), info=item.target.runtime)
+            return lambda n: progress.advance(task, n)
+
+        def time_other_models(item: Gated, res: TargetResult) -> None:
+            """The deployment table's rows of this target: the gated model and the others it also times, ungated."""
+            target = item.target
+            log.info("validate %s: %s", target.name, res)
+            model_for = lambda precision: path if (path := target_file(run.path, target, precision)).is_file() else None
+            others = models_to_time(target, model_for, teacher_onnx)
+            students = sum(model == "student" for model, *_ in others)
+            other_task = progress.add_task(f"validate: {target.name}, other models", total=len(eval_set.images) * students, info="")
+            rows.extend(
+                measure_target(
+                    target,
+                    res,
+                    item.model,
+                    others,
+                    eval_set,
+                    spec,
+                    teacher_pred,
+                    teacher_acc,
+                    student_logits,
+                    int8_reference,
+                    on_progress=lambda n: progress.advance(other_task, n),
+                    engine_for=lambda precision: engine_for(target, precision),
+                    teacher_scored_in=teacher_runtime,
+                )
+            )
+
+        def sections(results: list[TargetResult]) -> dict:
+            """The run's sections of report.json, from the stages' typed results, beside the eval set and targets
+            every validation reports."""
+            for row in rows:
+                if row["error"] and not row["gated"]:
+                    log.warning("validate %s: %s %s not measured: %s", row["target"], row["model"], row["precision"], row["error"])
+            planned = {"plan": plan.plan if (plan := ctx.result("plan")) is not None else None} if ctx.applies("plan") else {}
+            return planned | {
+                "teacher": {
+                    "arch": r.teacher.arch,
+                    "parameters": count_parameters(teacher),
+                    "accuracy": teacher_acc,
+                    "runtime": teacher_runtime,
+                    "feature_layer": trained.feature_layers.get("teacher"),
+                },
+                "student": {
+                    "arch": r.student.arch,
+                    "parameters": count_parameters(student),
+                    "onnx_bytes": (run / "student.onnx").stat().st_size,
+                    "int8_onnx_bytes": (run / "student.int8.onnx").stat().st_size if int8_summary else None,
+                    "accuracy": student_score if eval_set.labels is not None else None,
+                    "agreement": float((student_logits.argmax(1) == teacher_pred).mean()),
+                    "scored_in": "pytorch",
+                    "feature_layer": trained.feature_layers.get("student"),
+                    "kept_epoch": trained.kept_epoch,
+                    "keep": r.distill.keep,
+                    "epochs": r.distill.epochs,
+                },
+                "int8": int8_summary,
+                "deployment": {"rows": rows, "recommendation": recommend(rows, student_score, basis)},
+                "warnings": student_warnings(student_score, basis, r.teacher.num_classes, teacher_acc),
+                "selection": selection,
+                "throughput": {"select": selection.as_dict().get("throughput"), "distill": trained.throughput},
+                "parity": exported.parity,
+                "history": trained.history,
+            }
+
+        # a what-if's report goes beside the run's, which stays the gate's verdict
+        _, results = validate_and_report(
+            run,
+            r.name,
+            gated,
+            eval_set,
+            spec,
+            reference,
+            sections=sections,
+            prefix=WHAT_IF_DIR + "/" if ctx.what_if else "",
+            progress=progress_of,
+            then=time_other_models,
+        )
+        if ctx.what_if:
+            return
+        self._write_report_html(ctx)
+        unsettled = [
+            t.name for t in results if (t.latency or {}).get("contended") or any(verdict_of(v) == "inconclusive" for v in t.verdicts)
+        ]
+        if unsettled:
+            log.info("validate: %s measured on a busy machine or inconclusive: the next run measures again", ", ".join(unsettled))
+        run.mark_done("validate", ctx.inputs("validate"), ["report.json", "latency_samples.json"], final=not unsettled)
+
+    @staticmethod
+    def _write_report_html(ctx: RunContext) -> None:
+        """report.html beside the run's report.json, which validate_and_report wrote with the gate files."""
+        ctx.run.artifact("report.html")
+        try:
+            write_report_html(ctx.run.path)
+        except Exception as exc:  # the gate's verdict must not hinge on drawing a plot
+            log.exception("report.html")
+            ctx.console.print(
+                f"[yellow]validate: report.html not written ({type(exc).__name__}: {exc}); `edgedistill report {ctx.run.path}` retries"
+            )

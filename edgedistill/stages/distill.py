@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -12,21 +13,29 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..atomic import atomic_path, atomic_torch_save
-from ..config.schema import ClassDropSpec, DistillSpec, InputSpec, RefineSpec
+from ..atomic import atomic_path, atomic_torch_save, atomic_write_json
+from ..config.schema import ClassDropSpec, DistillSpec, InputSpec, Recipe, RefineSpec
 from ..errors import BadInput
 from ..inputs.images import normalize, standardize
-from ..models.features import FeatureTap
+from ..models.features import FeatureTap, describe_feature_layer
+from ..results import report
+from ..results.rundir import RunDir
 from ..scale.compute import Compute
 from ..scale.distributed import all_reduce_grads, barrier, broadcast_object, world
+from ..scale.throughput import bare_step_rate
+from ..version import __version__
 from .augment import augment_batch
-from .class_drop import drop_classes
+from .class_drop import class_drop
 from .losses import LOSSES, LossInputs
-from .refine import refine
+from .refine import refine, refine_target
 from .resample import disagreement, training_subset
+from .stage import STUDENT_WEIGHTS, Progress, RunContext, Stage, build_student, log
+from .validate import predict_torch
 
 BATCHNORM_SAMPLE = 1024  # training images whose statistics a BatchNorm student's running averages are reset to
 
@@ -108,17 +117,11 @@ class Distiller(nn.Module):
             teacher_logits, teacher_features = teacher_out if teacher_out is not None else self.teacher_outputs(x)
             student_logits = (student if student is not None else self.student)(x)
         student_logits, student_features = student_logits.float(), self.student_tap.features.float()
-        cd = self.class_drop
         soft: dict[float, torch.Tensor] = {}
 
         def soft_labels(temperature: float) -> torch.Tensor:
             if temperature not in soft:
-                soft[temperature] = drop_classes(
-                    F.softmax(teacher_logits / temperature, dim=1),
-                    top_k=cd.top_k if cd.mode == "top_k" else None,
-                    min_prob=cd.min_prob if cd.mode == "min_prob" else None,
-                    only_below=cd.only_below,
-                )
+                soft[temperature] = class_drop(F.softmax(teacher_logits / temperature, dim=1), self.class_drop)
             return soft[temperature]
 
         inputs = LossInputs(student_logits, teacher_logits, student_features, teacher_features, soft_labels)
@@ -283,7 +286,8 @@ def distill(
     if refining is not None and refining.when == "once":
         images = np.concatenate([images, refine_once(distiller.teacher, images, input_spec, refining, seed, compute)])
         teacher_probs, refining = None, None  # the refined images have no stored probabilities: train on all
-    rare = class_weights(distiller.teacher, images, input_spec, compute) if refining is not None and refining.target == "rare" else None
+    needs_weights = refining is not None and refine_target(refining).needs_class_weights
+    rare = class_weights(distiller.teacher, images, input_spec, compute) if needs_weights else None
     balanced = per_class is not None and teacher_probs is not None
     active = training_subset(teacher_probs, per_class) if balanced else np.arange(len(images))
     params = [p for p in distiller.parameters() if p.requires_grad]
@@ -422,3 +426,162 @@ def distill(
         kept = best["epoch"]
     student.eval()
     return DistillResult(student, history, start_epoch, trained / train_seconds if train_seconds else None, kept)
+
+
+def save_student(student: nn.Module, recipe: Recipe, run: RunDir, feature_layers: dict[str, str] | None = None) -> None:
+    """student.safetensors and student.json: what rebuilding and reporting the student needs, including the layers the
+    feature loss matched (`feature_layers`: teacher's and student's, as describe_feature_layer names them)."""
+    with atomic_path(run.artifact(STUDENT_WEIGHTS)) as tmp:
+        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
+    atomic_write_json(
+        run.artifact("student.json"),
+        {
+            "arch": recipe.student.arch,
+            "num_classes": recipe.teacher.num_classes,
+            "class_names": recipe.teacher.class_names,
+            "input": recipe.teacher.input.model_dump(),
+            "teacher": recipe.teacher.arch,
+            "feature_layers": feature_layers,
+            "edgedistill_version": __version__,
+        },
+    )
+
+
+class TrainedStudent(BaseModel):
+    """What the distill stage leaves besides the weights: the per-epoch history, the layers the feature loss matched,
+    the epoch kept, and the training throughput against the bare step."""
+
+    history: list[dict] = []
+    feature_layers: dict[str, str | None] = {}
+    kept_epoch: int | None = None
+    seconds: float | None = None
+    throughput: report.StageThroughput | None = None
+
+
+class DistillStage(Stage):
+    """Trains the student (the recipe's, or the one the plan chose) on the selection's training split. It evaluates on
+    `eval` after each epoch for the history but never chooses by it: `eval` is not among its inputs."""
+
+    name = "distill"
+    sections = ("seed", "teacher", "class_drop", "student", "distill")
+    after = ("select", "plan")
+    files = ("teacher",)
+    writes = (STUDENT_WEIGHTS, "student.json", "history.json")
+    ranked = True
+
+    def extra_inputs(self, ctx: RunContext) -> dict:
+        plan = ctx.result("plan")  # the chosen student, not the candidates
+        return {"student": plan.student.model_dump(mode="json")} if plan is not None else {}
+
+    def run(self, ctx: RunContext, progress: Progress) -> TrainedStudent | None:
+        r, w = ctx.student_recipe, ctx.world
+        train, holdout = ctx.split()
+        if len(train) < r.distill.batch_size:
+            raise BadInput(
+                f"distill.batch_size {r.distill.batch_size} exceeds the {len(train)} selected training samples; lower it or select more"
+            )
+        eval_set, spec = ctx.eval_set(), r.teacher.input
+        teacher_pred = predict_torch(ctx.teacher, eval_set.images, spec).argmax(1) if w.main else None
+        holdout_pred = predict_torch(ctx.teacher, holdout, spec).argmax(1) if w.main and len(holdout) else None
+
+        def evaluate(student: nn.Module) -> dict:
+            pred = predict_torch(student, eval_set.images, spec).argmax(1)
+            out = {"agreement": float((pred == teacher_pred).mean())}
+            if eval_set.labels is not None:
+                out["accuracy"] = float((pred == eval_set.labels).mean())
+            return out
+
+        def monitor(student: nn.Module) -> float:
+            """Label-free: how often the student agrees with the teacher on selected images it never trained on."""
+            return float((predict_torch(student, holdout, spec).argmax(1) == holdout_pred).mean())
+
+        steps = max(1, len(train) // r.distill.batch_size)
+        task = progress.add_task("distill", total=r.distill.epochs * steps, info=f"{w.size} rank(s)")
+        ckpt, cache = self._scratch(ctx)
+        if ckpt.exists() and w.main:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            progress.update(task, completed=state["epoch"] * steps)
+            ctx.console.print(f"distill: resumed at epoch {state['epoch']} from the checkpoint of an interrupted run")
+
+        def on_epoch(rec: dict) -> None:
+            shown = f"epoch {rec['epoch']} loss {rec['loss']:.3f} agree {rec['agreement']:.3f}"
+            if "accuracy" in rec:
+                shown += f" acc {rec['accuracy']:.3f}"
+            progress.update(task, info=shown)
+            log.info("distill: %s", json.dumps(rec))
+
+        started = time.perf_counter()
+        torch.manual_seed(r.seed)  # the student's initial weights must not depend on what ran before in this process
+        student = build_student(r)
+        layers = {"teacher": describe_feature_layer(ctx.teacher), "student": describe_feature_layer(student)}
+        log.info("distill: feature loss matches teacher %s with student %s", layers["teacher"], layers["student"])
+        reservoir = {"teacher_probs": ctx.selection.probs[: len(train)], "per_class": r.select.per_class} if r.select.reservoir > 1 else {}
+        result = distill(
+            ctx.teacher,
+            student,
+            train,
+            r.distill,
+            r.class_drop,
+            spec,
+            r.seed,
+            checkpoint=ckpt,
+            evaluate=evaluate,
+            monitor=monitor if len(holdout) else None,
+            on_epoch=on_epoch,
+            on_step=lambda: progress.advance(task),
+            compute=ctx.compute,
+            teacher_cache=cache,
+            **reservoir,
+        )
+        seconds = time.perf_counter() - started
+        trained = None
+        if w.main:
+            throughput = self._throughput(ctx, result, train) if result.images_per_s else None
+            save_student(result.student.cpu(), r, ctx.run, layers)
+            atomic_write_json(ctx.run.artifact("history.json"), result.history)
+            info = {"seconds": seconds, "throughput": throughput, "kept_epoch": result.kept_epoch}
+            ctx.run.mark_done("distill", ctx.inputs("distill"), list(self.writes), info)
+            self.remove_scratch(ctx)
+            trained = TrainedStudent(history=result.history, feature_layers=layers, **info)
+        barrier()
+        return trained
+
+    def read_result(self, ctx: RunContext) -> TrainedStudent:
+        run = ctx.run
+        info = (run.read_record("distill") or {}).get("info", {})
+        layers = json.loads((run / "student.json").read_text()).get("feature_layers") or {}
+        history = json.loads((run / "history.json").read_text())
+        return TrainedStudent(history=history, feature_layers=layers, **{k: info.get(k) for k in ("seconds", "throughput", "kept_epoch")})
+
+    def _scratch(self, ctx: RunContext) -> tuple[Path, Path]:
+        """The epoch checkpoint and the stored teacher outputs, named by the distill stage's inputs: a resumed run
+        never picks up what a run with another selection or recipe left behind. Earlier runs' leftovers are removed."""
+        key = ctx.inputs("distill").key[:12]
+        names = (f"distill-{key}.ckpt", f"teacher_outputs-{key}.npy")
+        if ctx.world.main:
+            self.remove_scratch(ctx, names)
+            ctx.run.artifact(*names)
+        return ctx.run / names[0], ctx.run / names[1]
+
+    @staticmethod
+    def remove_scratch(ctx: RunContext, keep: tuple[str, ...] = ()) -> None:
+        """Scratch files of earlier distill runs, as this run directory's manifest lists them (never anyone else's)."""
+        run = ctx.run
+        run.remove(*[n for n in run.written("distill-*.ckpt") + run.written("teacher_outputs-*.npy") if n not in keep])
+
+    @staticmethod
+    def _throughput(ctx: RunContext, result: DistillResult, train: np.ndarray) -> dict:
+        """Training images/s against the bare distillation step at this rank's batch (teacher skipped when its outputs
+        are stored)."""
+        r, w = ctx.recipe, ctx.world
+        batch = normalize(torch.from_numpy(np.array(train[: r.distill.batch_size // w.size])), r.teacher.input)
+        with_teacher = r.distill.augment is not None
+        bare = bare_step_rate(ctx.teacher, result.student, batch, ctx.compute, lr=r.distill.lr, with_teacher=with_teacher) * w.size
+        return {
+            "images_per_s": result.images_per_s,
+            "bare_step_images_per_s": bare,
+            "ratio": result.images_per_s / bare,
+            "batch": r.distill.batch_size,
+            "ranks": w.size,
+            "teacher_outputs_stored": r.distill.augment is None,
+        }

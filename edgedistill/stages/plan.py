@@ -26,17 +26,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from ..atomic import atomic_write_json
-from ..backends import RUNTIMES, MakeInputs
+from ..backends import RUNTIMES, runtime_options
 from ..backends.base import LatencyStats, machine_facts
 from ..config.schema import Budget, InputSpec, Recipe, StudentSpec, TargetSpec
 from ..errors import BadInput, BudgetFailed, EdgeDistillError, TargetUnavailable
 from ..inputs.labeled import EvalSet
 from ..models.factory import build_student_model, count_parameters, student_candidates
+from ..results import report
+from ..results.plan import PLAN_PAGES, print_plan, write_plan_files
+from ..version import __version__
 from .distill import distill
-from .export import export_onnx, first_line
+from .export import export_onnx, first_line, make_file
+from .stage import Progress, RunContext, Stage
 from .validate import LATENCY_FIGURES, latency_verdict, predict_torch, validate_target
 
 log = logging.getLogger("edgedistill")
@@ -102,25 +107,6 @@ def build_candidates(recipe: Recipe, where: str = "student") -> list[Candidate]:
     return found
 
 
-def chosen_student(recipe: Recipe, run_dir: Path) -> StudentSpec:
-    """The student the plan stage chose (CHOICE_FILE) for a recipe with candidates; the recipe's own otherwise."""
-    if not recipe.student.planned:
-        return recipe.student
-    path = Path(run_dir) / CHOICE_FILE
-    try:
-        choice = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise BadInput(f"{run_dir}: the student is not chosen yet; run `edgedistill plan` (or compress) for this run") from None
-    return StudentSpec(arch=choice["arch"], feature_layer=choice.get("feature_layer"))
-
-
-def with_chosen_student(recipe: Recipe, run_dir: Path) -> Recipe:
-    """The recipe with the chosen student in place of the candidates (unchanged for a single-arch recipe)."""
-    if not recipe.student.planned:
-        return recipe
-    return recipe.model_copy(update={"student": chosen_student(recipe, run_dir)})
-
-
 # ---------------------------------------------------------------------------------------------------- latency cache
 
 
@@ -137,17 +123,18 @@ def device_facts(target: TargetSpec) -> dict:
     """What a timing depends on besides the model, known before anything runs: the runtime and its version here, or
     the ssh destination and the runtime's path there; the CPU model and usable cores of this machine; the target's
     threads, providers and timing settings. Two machines with the same facts share cache entries."""
+    options = runtime_options(target)
     facts: dict = {
         "runtime": target.runtime,
-        "threads": target.threads,
-        "providers": target.providers,
+        "threads": getattr(options, "threads", 1),
+        "providers": getattr(options, "providers", None),
         "warmup": target.warmup,
         "iterations": target.iterations,
         "rounds": target.rounds,
     }
     if target.ssh:
         facts["ssh"] = target.ssh
-        facts["remote"] = target.trtexec if target.runtime == "trtexec" else target.remote_python
+        facts["remote"] = getattr(options, "trtexec", None) or getattr(options, "remote_python", "python3")
     else:
         here = machine_facts()
         facts.update(
@@ -157,7 +144,7 @@ def device_facts(target: TargetSpec) -> dict:
             machine=here["machine"],
         )
         if target.runtime == "trtexec":
-            facts["trtexec"] = target.trtexec
+            facts["trtexec"] = options.trtexec
     return facts
 
 
@@ -263,24 +250,7 @@ def precision_file(
         return fp32
     if artifact.file not in made:
         out = fp32.with_name(f"candidate.{artifact.file}")
-        q, spec = recipe.export.int8, recipe.teacher.input
-        handlers = list(logging.root.handlers)  # ORT's quantizer logs with logging.info(), which installs a root handler
-        try:
-            artifact.make(
-                MakeInputs(
-                    fp32,
-                    out,
-                    calibration,
-                    tuple(spec.mean),
-                    tuple(spec.std),
-                    method=q.method,
-                    max_samples=recipe.student.plan.calibration,
-                    seed=recipe.seed,
-                    student=student.eval() if student is not None else None,
-                )
-            )
-        finally:
-            logging.root.handlers[:] = handlers
+        make_file(artifact, recipe, fp32, out, calibration, student, max_samples=recipe.student.plan.calibration)
         made[artifact.file] = out
     return made[artifact.file]
 
@@ -537,3 +507,86 @@ def no_fit_error(plan: dict) -> EdgeDistillError:
     inconclusive = [row["arch"] for row in rows if row["fits"] == "inconclusive"]
     extra = f"; inconclusive (too noisy to call a fit): {', '.join(inconclusive)}, retry on a quieter machine" if inconclusive else ""
     return BudgetFailed(f"plan: none of {len(rows)} candidates meets every latency budget of every target{hint}{extra}")
+
+
+class PlanResult(BaseModel):
+    """What the plan stage leaves: the plan (every candidate, its timings, the probe) and the student it chose."""
+
+    plan: report.Plan | None = None
+    student: StudentSpec
+
+
+class PlanStage(Stage):
+    """Chooses the student among the recipe's candidates before distilling it (docs/plan.md): writes plan.json,
+    plan.md, plan.html and the choice; no fit ends the run with exit 3 after writing them. Only a recipe with student
+    candidates has it; its probe reads the selection, never `eval`."""
+
+    name = "plan"
+    sections = ("seed", "teacher", "class_drop", "student", "distill", "export", "targets")
+    after = ("select",)
+    files = ("teacher",)
+    writes = (PLAN_FILE, CHOICE_FILE, PROBE_FILE, *PLAN_PAGES)
+
+    def applies(self, recipe: Recipe) -> bool:
+        return recipe.student.planned
+
+    def run(self, ctx: RunContext, progress: Progress) -> PlanResult:
+        r, run = ctx.recipe, ctx.run
+        if ctx.world.size > 1:
+            raise BadInput(
+                "plan: the candidates are probed in one process; run `edgedistill plan RECIPE --run-dir DIR` first, "
+                "then torchrun ... compress RECIPE --run-dir DIR uses its choice"
+            )
+        train, holdout = ctx.split()
+        task = progress.add_task("plan", total=None, info="building the candidates")
+        try:
+            probes = json.loads((run / PROBE_FILE).read_text())
+        except (OSError, ValueError):
+            probes = {}
+        probe_key = {
+            "select": run.output_digest("select"),
+            "recipe": r.section("seed", "class_drop", "distill"),
+            "steps": r.student.plan.probe_steps,
+            "precision": str(ctx.compute.dtype),
+            "edgedistill": __version__,
+        }
+        plan = plan_students(
+            r,
+            ctx.teacher,
+            train,
+            holdout,
+            run.path,
+            compute=ctx.compute,
+            probe_cache=probes,
+            probe_key=probe_key,
+            on_step=lambda step: progress.update(task, advance=1, info=step),
+        )
+        atomic_write_json(run.artifact(PROBE_FILE), probes)
+        atomic_write_json(run.artifact(PLAN_FILE), plan)
+        run.artifact(*PLAN_PAGES)
+        write_plan_files(run.path, plan, r.name)
+        print_plan(ctx.console, plan)
+        log.info("plan: %s", json.dumps({"chosen": plan["chosen"], "why": plan["why"], "seconds": plan["seconds"]}))
+        if plan["chosen"] is None:
+            run.remove(CHOICE_FILE)
+            raise no_fit_error(plan)
+        atomic_write_json(run.artifact(CHOICE_FILE), plan["chosen"])
+        settled = all(row["fits"] != "inconclusive" for row in plan["candidates"])  # else the next run plans again
+        run.mark_done("plan", ctx.inputs("plan"), [CHOICE_FILE], {"chosen": plan["chosen"], "seconds": plan["seconds"]}, final=settled)
+        return PlanResult(plan=report.Plan.model_validate(plan), student=_student(plan["chosen"]))
+
+    def read_result(self, ctx: RunContext) -> PlanResult | None:
+        """None until a plan has chosen (CHOICE_FILE): the stages after it then have no student to work on."""
+        try:
+            choice = json.loads((ctx.run / CHOICE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            plan = report.Plan.model_validate(json.loads((ctx.run / PLAN_FILE).read_text()))
+        except (OSError, ValueError):
+            plan = None
+        return PlanResult(plan=plan, student=_student(choice))
+
+
+def _student(choice: dict) -> StudentSpec:
+    return StudentSpec(arch=choice["arch"], feature_layer=choice.get("feature_layer"))

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ..backends import RUNTIMES
+from ..backends import RUNTIMES, runtime_options
 from ..backends.hosts import CONNECT_TIMEOUT_S, open_host
 from ..backends.hosts.base import Host, RemoteCommandFailed, last_line
 from ..backends.hosts.ssh import SSHTarget
@@ -128,7 +128,7 @@ def source_checks(recipe: Recipe, stages: Iterable[str]) -> list[Check]:
 
 def _gpu_wanted(target: TargetSpec) -> bool:
     return target.runtime == "tensorrt" or (
-        target.runtime == "onnxruntime" and bool(GPU_PROVIDERS & set(resolve_providers(target.providers)))
+        target.runtime == "onnxruntime" and bool(GPU_PROVIDERS & set(resolve_providers(runtime_options(target).providers)))
     )
 
 
@@ -141,7 +141,7 @@ def _local_runtime(target: TargetSpec) -> list[Check]:
     checks = [_ok(target.name, "runtime", f"{target.runtime} {probe.get('detail')}")]
     if target.runtime == "onnxruntime":
         available = probe.get("providers") or []
-        lacking = [p for p in resolve_providers(target.providers) if p not in available]
+        lacking = [p for p in resolve_providers(runtime_options(target).providers) if p not in available]
         if lacking:
             exc = TargetUnavailable(
                 f"this machine: onnxruntime {probe.get('version')} lacks {', '.join(lacking)} (available: {', '.join(available)}). "
@@ -178,8 +178,13 @@ print(json.dumps(out))
 )
 
 
+def _remote_python(target: TargetSpec) -> str:
+    """The device's Python the target's runtime runs its worker in (its `remote_python` option)."""
+    return getattr(runtime_options(target), "remote_python", "python3")
+
+
 def _remote_onnxruntime(host: Host, target: TargetSpec) -> list[Check]:
-    where, python = host.destination, target.remote_python
+    where, python, providers = host.destination, _remote_python(target), getattr(runtime_options(target), "providers", None)
     result = host.run([python, "-c", _REMOTE_ORT, *(["gpu"] if _gpu_wanted(target) else [])], timeout_s=COMMAND_TIMEOUT_S, check=False)
     if result.returncode == 127:
         raise TargetUnavailable(
@@ -198,7 +203,7 @@ def _remote_onnxruntime(host: Host, target: TargetSpec) -> list[Check]:
             f"{last_line(result.stderr) or 'no output'}). Hint: remote_python must be Python 3."
         ) from None
     checks = [_ok(target.name, "python", f"{where}: {python} {found['python']}, onnxruntime {found['onnxruntime']}")]
-    lacking = [p for p in resolve_providers(target.providers) if p not in found["providers"]]
+    lacking = [p for p in resolve_providers(providers) if p not in found["providers"]]
     if lacking:
         exc = TargetUnavailable(
             f"{where}: onnxruntime {found['onnxruntime']} lacks {', '.join(lacking)} (available: {', '.join(found['providers'])}). "
@@ -243,7 +248,7 @@ sys.exit(3)
 
 def _remote_modules(host: Host, target: TargetSpec) -> list[Check]:
     """The board's Python imports what the target's runtime row says it runs with (Runtime.remote_modules)."""
-    where, python, modules = host.destination, target.remote_python, RUNTIMES[target.runtime].remote_modules
+    where, python, modules = host.destination, _remote_python(target), RUNTIMES[target.runtime].remote_modules
     result = host.run([python, "-c", _REMOTE_IMPORT, *modules], timeout_s=COMMAND_TIMEOUT_S, check=False)
     if result.returncode == 127:
         raise TargetUnavailable(

@@ -3,10 +3,11 @@ of the real image they started from (model inversion initialised from pool image
 
 The open-world pool holds few images the teacher reads confidently as some classes; a small step toward a class
 turns a pool image into one that sits near the teacher's decision boundary for it, which is where the student
-learns most. Targets: a random class (spreads images over all boundaries), the teacher's own class or second
-choice, the class the selection holds fewest of, or the student's disagreement with the teacher (the adversarial
-samples of data-free KD, searched within the radius). Optional priors keep the images natural: total variation,
-and, for teachers with BatchNorm, matching the batch statistics each BN layer saw in training (DeepInversion).
+learns most. Targets (`distill.refine.target`: a RefineTarget in REFINE_TARGETS; a plugin adds its own the same
+way): a random class (spreads images over all boundaries), the teacher's own class or second choice, the class the
+selection holds fewest of, or the student's disagreement with the teacher (the adversarial samples of data-free KD,
+searched within the radius). Optional priors keep the images natural: total variation, and, for teachers with
+BatchNorm, matching the batch statistics each BN layer saw in training (DeepInversion).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..config.schema import InputSpec, RefineSpec
 from ..inputs.images import standardize
+from ..registry import Registry
 
 
 class BatchNormStatistics:
@@ -47,21 +49,78 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def choose_targets(
-    spec: RefineSpec,
-    teacher_logits: torch.Tensor,
-    generator: torch.Generator,
-    class_weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The class each image moves toward (for `disagreement`, the teacher's own class, which the search keeps)."""
-    n, k = teacher_logits.shape
-    if spec.target == "random":
+class RefineTarget:
+    """A `distill.refine.target`: the class each image moves toward (`choose`) and what the signed-gradient steps
+    descend (`loss`, summed over the batch)."""
+
+    uses_student = False  # `loss` gets the student's logits (None where no student is training: refine `once`)
+    needs_class_weights = False  # `choose` gets how rare each class is in the training set (distill.class_weights)
+
+    def choose(self, teacher_logits: torch.Tensor, generator: torch.Generator, class_weights: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: torch.Tensor | None) -> torch.Tensor:
+        return F.cross_entropy(teacher_logits, targets, reduction="sum")
+
+
+REFINE_TARGETS: Registry[type[RefineTarget]] = Registry("distill.refine.target")
+
+
+@REFINE_TARGETS.register("random")
+class RandomClass(RefineTarget):
+    """Any class, drawn uniformly: spreads images over all the teacher's boundaries."""
+
+    def choose(self, teacher_logits: torch.Tensor, generator: torch.Generator, class_weights: torch.Tensor | None) -> torch.Tensor:
+        n, k = teacher_logits.shape
         return torch.randint(0, k, (n,), generator=generator)
-    if spec.target == "rare" and class_weights is not None:
-        return torch.multinomial(class_weights.float(), n, replacement=True, generator=generator)
-    if spec.target == "second":
+
+
+@REFINE_TARGETS.register("argmax")
+class TeacherClass(RefineTarget):
+    """The teacher's own class."""
+
+    def choose(self, teacher_logits: torch.Tensor, generator: torch.Generator, class_weights: torch.Tensor | None) -> torch.Tensor:
+        return teacher_logits.argmax(1)
+
+
+@REFINE_TARGETS.register("second")
+class SecondChoice(RefineTarget):
+    """The teacher's second choice."""
+
+    def choose(self, teacher_logits: torch.Tensor, generator: torch.Generator, class_weights: torch.Tensor | None) -> torch.Tensor:
         return teacher_logits.topk(2, 1).indices[:, 1]
-    return teacher_logits.argmax(1)
+
+
+@REFINE_TARGETS.register("rare")
+class RareClass(TeacherClass):
+    """Classes drawn by how few training images the teacher puts in each (its own class without the weights)."""
+
+    needs_class_weights = True
+
+    def choose(self, teacher_logits: torch.Tensor, generator: torch.Generator, class_weights: torch.Tensor | None) -> torch.Tensor:
+        if class_weights is None:
+            return super().choose(teacher_logits, generator, class_weights)
+        return torch.multinomial(class_weights.float(), len(teacher_logits), replacement=True, generator=generator)
+
+
+@REFINE_TARGETS.register("disagreement")
+class Disagreement(TeacherClass):
+    """Away from the student while keeping the teacher's class: the adversarial samples of data-free KD, searched
+    within the radius (the teacher's class alone where no student trains)."""
+
+    uses_student = True
+
+    def loss(self, teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: torch.Tensor | None) -> torch.Tensor:
+        keep = super().loss(teacher_logits, targets, student_logits)
+        if student_logits is None:
+            return keep
+        # ascend the teacher-student KL while keeping the teacher's class: descend its negative
+        return -F.kl_div(F.log_softmax(student_logits, 1), F.softmax(teacher_logits, 1), reduction="sum") + keep
+
+
+def refine_target(spec: RefineSpec) -> RefineTarget:
+    """The recipe's refine target (edgedistill.extensions has checked its name)."""
+    return REFINE_TARGETS.get(spec.target, "distill.refine")()
 
 
 def refine(
@@ -80,7 +139,8 @@ def refine(
         model.eval()  # no BatchNorm statistics or dropout change while searching
     with torch.no_grad():
         logits = teacher(standardize(x, input_spec))
-    targets = choose_targets(spec, logits, generator, class_weights).to(x.device)
+    target = refine_target(spec)
+    targets = target.choose(logits, generator, class_weights).to(x.device)
     bn = BatchNormStatistics(teacher) if spec.bn_prior else None
     start, moved = x.detach(), x.detach().clone()
     try:
@@ -88,14 +148,8 @@ def refine(
             moved.requires_grad_(True)
             inputs = standardize(moved, input_spec)
             teacher_logits = teacher(inputs)
-            if spec.target == "disagreement" and student is not None:
-                soft = F.softmax(teacher_logits, 1)
-                # ascend the teacher-student KL while keeping the teacher's class: descend its negative
-                loss = -F.kl_div(F.log_softmax(student(inputs), 1), soft, reduction="sum") + F.cross_entropy(
-                    teacher_logits, targets, reduction="sum"
-                )
-            else:
-                loss = F.cross_entropy(teacher_logits, targets, reduction="sum")
+            student_logits = student(inputs) if target.uses_student and student is not None else None
+            loss = target.loss(teacher_logits, targets, student_logits)
             if bn is not None:
                 loss = loss + spec.bn_prior * len(x) * bn.take()
             if spec.tv_prior:

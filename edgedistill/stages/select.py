@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -9,16 +11,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_json
 from ..config.schema import SelectSpec
 from ..errors import BadInput
 from ..inputs.images import normalize
-from ..inputs.pool import Pool, part_of
+from ..inputs.pool import Pool, build_pool, default_workers, part_of
 from ..models.features import FeatureTap
 from ..registry import Registry
+from ..results import report
 from ..results.report import teacher_class_share, teacher_collapse_warning
-from ..results.selection import Selection
-from ..scale.compute import Compute
+from ..results.selection import Selection, save_selection
+from ..scale.compute import Compute, usable_cpus
 from ..scale.distributed import all_gather_objects
+from ..scale.throughput import bare_forward_rate
+from .stage import Progress, RunContext, Stage, log
 
 
 def _random_keys(indices: np.ndarray, seed: int) -> np.ndarray:
@@ -321,7 +327,62 @@ def holdout_last(selection: Selection, seed: int) -> Selection:
     )
 
 
-def split_selection(selection: Selection) -> tuple[np.ndarray, np.ndarray]:
-    """(train, holdout) images of a selection ordered by holdout_last."""
-    cut = len(selection.images) - selection.stats["holdout"]
-    return selection.images[:cut], selection.images[cut:]
+class SelectStage(Stage):
+    """Scores the pool with the teacher and keeps the selection (selected.npz, its images, selection.json)."""
+
+    name = "select"
+    sections = ("seed", "teacher", "pool", "select")
+    files = ("teacher", "pool")
+    writes = ("selected.npz", "selected_images.npy", "selection.json")
+    ranked = True
+
+    def run(self, ctx: RunContext, progress: Progress) -> report.Selection | None:
+        r, w = ctx.recipe, ctx.world
+        pool = build_pool(r, w.rank, w.size)
+        workers = r.compute.workers if r.compute.workers is not None else default_workers(pool, w.local_size, usable_cpus())
+        task = progress.add_task("select: scoring pool", total=pool.size, info=f"{len(pool.parts)} sources, {w.size} rank(s)")
+        started = time.perf_counter()
+        selection = select_pool(
+            ctx.teacher,
+            pool,
+            r.select,
+            r.teacher.num_classes,
+            r.seed,
+            on_batch=lambda n: progress.advance(task, n * w.size),
+            compute=ctx.compute,
+            workers=workers,
+        )
+        seconds = time.perf_counter() - started
+        selection = holdout_last(selection, r.seed)
+        rate = selection.stats["pool_size"] / max(seconds, 1e-9)
+        batch = normalize(torch.from_numpy(selection.images[: r.select.batch_size]), r.teacher.input)
+        bare = bare_forward_rate(ctx.teacher, batch, ctx.compute) * w.size if w.main else float("nan")
+        selection.stats["throughput"] = {
+            "seconds": seconds,
+            "images_per_s": rate,
+            "bare_forward_images_per_s": bare,
+            "ratio": rate / bare,
+            "batch": r.select.batch_size,
+            "ranks": w.size,
+            "workers_per_rank": workers,
+            "cpu_threads": ctx.cpu_threads,
+        }
+        ctx.use_selection(selection)
+        if not w.main:
+            return None
+        save_selection(selection, ctx.run.artifact("selected.npz", "selected_images.npy"))
+        atomic_write_json(ctx.run.artifact("selection.json"), selection.stats)
+        s = selection.stats
+        log.info("select: %d of %d pool images kept, %d unreadable", s["selected"], s["pool_size"], s["skipped"])
+        if s["skipped"]:
+            ctx.console.print(
+                f"[yellow]select: skipped {s['skipped']} unreadable files {s['skipped_reasons']}, e.g. {s['skipped_examples'][0]}"
+            )
+        names = r.teacher.class_names or [str(c) for c in range(r.teacher.num_classes)]
+        for line in coverage_lines(s, names):  # a collapsed teacher, then at most 20 classes that need more images
+            ctx.console.print(f"[yellow]{line}", highlight=False, soft_wrap=True)
+        ctx.run.mark_done("select", ctx.inputs("select"), list(self.writes), {"selected": s["selected"]})
+        return report.Selection.model_validate(s)
+
+    def read_result(self, ctx: RunContext) -> report.Selection:
+        return report.Selection.model_validate(json.loads((ctx.run / "selection.json").read_text()))

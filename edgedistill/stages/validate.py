@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from ..atomic import atomic_write_json
-from ..backends import RUNTIMES, check_target, create_runner
+from ..backends import RUNTIMES, check_target, create_runner, option_keys
 from ..backends.base import LatencyStats, time_rounds
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from ..config.schema import Budget, InputSpec, TargetSpec
@@ -401,7 +401,11 @@ def model_input_spec(model: Path, mean: list[float] | None = None, std: list[flo
 # The model-file mode's settings beside the target's (TargetSpec's fields, budget included): what a model on its own
 # needs that a recipe says elsewhere. `also_time` is left out: a model file has no other models to time.
 MODEL_FILE_OPTIONS = ("labeled", "mean", "std", "limit", "duration_s")
-MODEL_FILE_TARGET_FIELDS = tuple(name for name in TargetSpec.model_fields if name != "also_time")
+
+
+def model_file_target_fields() -> tuple[str, ...]:
+    """The target keys `validate MODEL.onnx` takes: every target's (but also_time) and every runtime's options."""
+    return (*(name for name in TargetSpec.model_fields if name != "also_time"), *option_keys())
 
 
 @dataclass
@@ -499,9 +503,10 @@ def model_file_target(given: dict | None = None) -> TargetSpec:
     """The target of `validate MODEL.onnx` from the options given (TargetSpec's fields, `budget` a Budget or its dict);
     every one not given is the schema's default, and the target is named after its runtime unless `name` is given."""
     given = dict(given or {})
-    unknown = [key for key in given if key not in MODEL_FILE_TARGET_FIELDS]
+    fields = model_file_target_fields()
+    unknown = [key for key in given if key not in fields]
     if unknown:
-        raise BadInput(f"{unknown[0]}: a model file is validated with {', '.join(MODEL_FILE_TARGET_FIELDS)}")
+        raise BadInput(f"{unknown[0]}: a model file is validated with {', '.join(fields)}")
     try:
         target = TargetSpec(**{"name": "-", **given})
     except ValidationError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import Field
 
 from ...atomic import atomic_path
 from ...errors import BadInput, TargetUnavailable
@@ -24,7 +25,7 @@ from ..engine_cache import EngineCache
 from ..hosts import HostRunner, open_host
 from ..hosts.base import Host, last_line
 from ..hosts.local import LocalHost
-from ..runtime import FP32, INT8_TENSORRT, Runtime, register_runtime
+from ..runtime import FP32, INT8_TENSORRT, Runtime, RuntimeOptions, register_runtime, runtime_options
 from ..tensorrt import check_int8, gpu_name
 from .log import TrtexecRun, load_trtexec_json, parse_export_output, parse_export_times, parse_trtexec_log, trtexec_command, write_raw_input
 
@@ -51,14 +52,25 @@ def find_trtexec(preferred: str | None = None, explicit: bool = False) -> str | 
     return None
 
 
+class TrtexecOptions(RuntimeOptions):
+    """The target keys the trtexec runtime reads."""
+
+    trtexec: str = Field(
+        DEFAULT_TRTEXEC,
+        title="the trtexec binary",
+        description="trtexec on the target's host; given, only that path; else JetPack's path (the default), then PATH",
+    )
+
+
 def locate_trtexec(host: Host, target: TargetSpec) -> str:
     """The trtexec the target runs on its host: the recipe's path when it names one, else JetPack's default, then PATH.
     Shared by the runner and the pre-flight, so both look in the same places."""
-    explicit = "trtexec" in target.model_fields_set
-    candidates = [target.trtexec] if explicit else [target.trtexec, "trtexec"]
+    options = runtime_options(target)
+    explicit = "trtexec" in options.model_fields_set
+    candidates = [options.trtexec] if explicit else [options.trtexec, "trtexec"]
     found = next((f for f in map(host.which, candidates) if f), None)
     if found is None:
-        where = target.trtexec if explicit else f"{target.trtexec} nor on PATH"
+        where = options.trtexec if explicit else f"{options.trtexec} nor on PATH"
         raise TargetUnavailable(
             f"{host.destination}: trtexec not found at {where}. Hint: install TensorRT (trtexec "
             "ships in its bin/ directory; JetPack puts it in /usr/src/tensorrt/bin) or set the "
@@ -103,7 +115,7 @@ class TrtexecRunner(HostRunner):
         self.max_batch: int | None = None
         self.build: TrtexecRun | None = None
         self.last_run: TrtexecRun | None = None
-        self.trtexec = target.trtexec
+        self.trtexec = runtime_options(target).trtexec
 
         def setup() -> None:
             self.trtexec = locate_trtexec(self.host, target)
@@ -340,7 +352,7 @@ RUNTIME = register_runtime(
         install="install TensorRT: its tar or deb packages (trtexec ships in bin/), or JetPack on a Jetson (/usr/src/tensorrt/bin/trtexec)",
         artifacts={"fp32": FP32, "fp16": FP32, "int8": INT8_TENSORRT},  # fp16: an engine built from the fp32 file
         builds_engine=True,
-        options=("trtexec",),
+        options=TrtexecOptions,
         over_ssh=True,
         timed_by_duration=False,
     )

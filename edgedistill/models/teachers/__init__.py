@@ -39,9 +39,11 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -> None:
-    """Fills teacher.input, num_classes and class_names from the model where the recipe leaves them out;
-    where both speak and disagree, the recipe is wrong (a BadInput), never silently overridden."""
+def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -> TeacherSpec:
+    """The teacher section with teacher.input, num_classes and class_names filled from the model where the recipe
+    leaves them out, as a new TeacherSpec (`spec` is left as it was); where both speak and disagree, the recipe is
+    wrong (a BadInput), never silently overridden. Reads the model file's facts (for ONNX its graph), so the checked
+    loader (edgedistill.recipe) runs it once per load and load_teacher_model skips a spec it completed."""
     try:
         facts = source_facts(spec, weights)
     except BadInput as exc:
@@ -62,43 +64,44 @@ def complete_teacher_spec(spec: TeacherSpec, weights: Path | None, where: str) -
             f"{'it' if len(missing) == 1 else 'them'}, so add {' and '.join(f'teacher.input.{k}' for k in missing)} to the recipe"
         )
     try:
-        spec.input = InputSpec(**merged)
+        completed_input = InputSpec(**merged)
     except ValidationError as exc:
         from_file = [key for key in said if key not in given and said[key] is not None]
         origin = f" (with {', '.join(from_file)} from {facts.origin})" if from_file else ""
         raise BadInput(f"{where}: teacher.input{origin}: {exc.errors()[0]['msg']}") from None
-    if facts.num_classes is None and facts.class_names:
-        facts.num_classes = len(facts.class_names)
-    if facts.num_classes is not None:
-        if spec.num_classes is None:
-            spec.num_classes = facts.num_classes
-        elif spec.num_classes != facts.num_classes:
+    num_classes, class_names = spec.num_classes, spec.class_names
+    said_classes = len(facts.class_names) if facts.num_classes is None and facts.class_names else facts.num_classes
+    if said_classes is not None:
+        if num_classes is None:
+            num_classes = said_classes
+        elif num_classes != said_classes:
             raise BadInput(
-                f"{where}: teacher.num_classes: class-count mismatch: the recipe says {spec.num_classes} "
-                f"but {facts.origin} has {facts.num_classes}{facts.output_hint}"
+                f"{where}: teacher.num_classes: class-count mismatch: the recipe says {num_classes} "
+                f"but {facts.origin} has {said_classes}{facts.output_hint}"
             )
-    if spec.num_classes is None:
+    if num_classes is None:
         raise BadInput(
             f"{where}: teacher.num_classes: required key is missing; {facts.origin} does not say how many classes "
             "(give num_classes or class_names)"
         )
     if facts.class_names:
-        if len(facts.class_names) != spec.num_classes:
-            raise BadInput(f"{where}: {facts.origin} names {len(facts.class_names)} classes but the model has {spec.num_classes}")
-        if spec.class_names is None:
-            spec.class_names = [str(c) for c in facts.class_names]
-        elif spec.class_names != [str(c) for c in facts.class_names]:
-            i = next(i for i, (a, b) in enumerate(zip(spec.class_names, facts.class_names)) if a != str(b))
+        if len(facts.class_names) != num_classes:
+            raise BadInput(f"{where}: {facts.origin} names {len(facts.class_names)} classes but the model has {num_classes}")
+        if class_names is None:
+            class_names = [str(c) for c in facts.class_names]
+        elif class_names != [str(c) for c in facts.class_names]:
+            i = next(i for i, (a, b) in enumerate(zip(class_names, facts.class_names)) if a != str(b))
             raise BadInput(
-                f"{where}: teacher.class_names differ from {facts.origin}: class {i} is {spec.class_names[i]!r} "
+                f"{where}: teacher.class_names differ from {facts.origin}: class {i} is {class_names[i]!r} "
                 f"in the recipe but {facts.class_names[i]!r} in the model"
             )
+    return spec.model_copy(update={"input": completed_input, "num_classes": num_classes, "class_names": class_names})
 
 
 def load_teacher_model(spec: TeacherSpec, weights: Path | None, search_path: Path | None = None) -> nn.Module:
     """The frozen teacher in eval mode, checked to map the recipe's input to num_classes logits."""
-    if spec.input is None or spec.input.missing() or spec.num_classes is None:
-        complete_teacher_spec(spec, weights, "teacher")
+    if spec.input is None or spec.input.missing() or spec.num_classes is None:  # a spec the checked loader completed skips this
+        spec = complete_teacher_spec(spec, weights, "teacher")
     model = teacher_format(spec.arch).load(spec, weights, search_path)
     model.eval()
     if spec.feature_layer is not None:

@@ -39,6 +39,16 @@ class TeacherFormat:
     whole_model = True
     named_outputs = False  # whether teacher.output can pick one of several outputs
     description = ""
+    runtime = "pytorch"  # what runs the teacher when it scores the pool and the evaluation set (the report says it)
+
+    def files(self, weights: Path) -> tuple[Path, ...]:
+        """The files the teacher is read from (fingerprinted by the stages that read it: a replaced file redoes them)."""
+        return (weights,)
+
+    def onnx_file(self, weights: Path | None) -> Path | None:
+        """The teacher as an ONNX file already, timed as it is for the deployment table; None: the export stage
+        writes teacher.onnx."""
+        return None
 
     def check(self, spec: TeacherSpec, weights: Path | None) -> None:
         """What is wrong with the recipe's teacher section for this format, found without loading the model."""

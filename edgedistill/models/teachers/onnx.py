@@ -344,6 +344,13 @@ class OnnxTeacher(ExternalModel):
 class OnnxFormat(TeacherFormat):
     description = "an ONNX model file"
     named_outputs = True
+    runtime = "onnxruntime"
+
+    def files(self, weights: Path) -> tuple[Path, ...]:
+        return tuple(onnx_info(weights).files)  # with its external data
+
+    def onnx_file(self, weights: Path | None) -> Path | None:
+        return weights
 
     def facts(self, spec: TeacherSpec, weights: Path | None) -> SourceFacts:
         if sniff_file(weights) != "onnx":

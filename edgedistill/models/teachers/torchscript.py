@@ -55,6 +55,7 @@ class TorchScriptTeacher(ExternalModel):
 @FORMATS.register("torchscript")
 class TorchScriptFormat(TeacherFormat):
     description = "a TorchScript file"
+    runtime = "pytorch (TorchScript)"
 
     def load(self, spec: TeacherSpec, weights: Path | None, search_path: Path | None) -> nn.Module:
         if sniff_file(weights) != "torchscript":
