@@ -4,7 +4,8 @@
     .venv/bin/python -m benchmarks.develop --list      # the command that repeats each logged run
 
 Defaults are chosen from these runs only (docs/method.md): B1, B1-hard and B1-bn score on mnist-train, B2 on 10,000
-Fashion-MNIST training images, B3 on opencv-digits; benchmarks.method reports on mnist-heldout (B1, B1-hard, B1-crawl)
+Fashion-MNIST training images, B3 on opencv-digits, S32-dev and S96-dev on the symbols `dev` split
+(scripts/render_symbols.py); benchmarks.method reports on mnist-heldout (B1, B1-hard, B1-crawl)
 and fashion-mnist-test (B2), each run pre-registered. B3 is a development bench since issue #27: it was run as a
 reporting bench after every default change and its results chose what was searched next, so its set is a development
 set now. B1-bn is B3's family (a torchvision student with BatchNorm, 500 images selected per class) without B3's
@@ -32,6 +33,10 @@ DEVELOPMENT_BENCHES = {  # name: (benchmarks.method's bench, what is laid over i
     "B1-bn": ("B1", {"student": {"arch": "torchvision:mobilenet_v3_small"}, "select": {"per_class": 500}, **MNIST_TRAIN}),
     "B2": ("B2", {"eval": {"labeled": "builtin:fashion-mnist", "limit": 10000}}),  # the training split, drawn by the seed
     "B3": ("B3", {}),  # opencv-digits, its own set: a development set since issue #27
+    # The twins of the symbol reporting benches S32 and S96 (issue #27): the same entry, scored on the rendered `dev`
+    # split; the `report` split of S32/S96 holds fonts and pictures that nothing here reads.
+    "S32-dev": ("S32-dev", {}),
+    "S96-dev": ("S96-dev", {}),
 }
 # Logged runs that no command of this repository repeats, and why.
 NOT_REPEATABLE = {

@@ -86,6 +86,110 @@ B2_POOL = [
     {"builtin": "natural-patches", "count": 60000},
 ]
 
+# The symbol benches of issue #27 (docs/method.md, "New RGB benches (issue #27): not yet run"). An RGB teacher with
+# BatchNorm, trained by scripts/train_symbols_teacher.py on letters and signs that scripts/render_symbols.py draws on cuts
+# of photos, is distilled into a student of another family from a pool of built-in sources only: natural-patches (RGB)
+# and grayscale sets, nothing of the generator. Each reporting bench (S32, S96) has a development twin (S32-dev, S96-dev)
+# built by the same function, so the two differ only in the evaluation set (and role and description): the twin scores
+# on the `dev` split (the train split's DejaVu fonts and pictures, other images), the reporting bench on the `report`
+# split (Liberation fonts and pictures that neither the teacher's train split, the dev split nor natural-patches reads).
+# S32 and S96 have never been run (2026-12-07): they run once each, pre-registered, for the final report.
+SYMBOL_CLASSES = ["A", "B", "D", "E", "F", "G", "H", "K", "M", "P", "R", "T", "amp", "at", "hash", "question"]  # render_symbols.CLASS_NAMES
+SYMBOL_MEAN, SYMBOL_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # train_symbols_teacher's (ImageNet's), fixed
+SYMBOL_SETS = "runs/symbols"  # the rendered splits, under the repository root (runs/ is not committed: render them)
+SYMBOL_BENCHES = {  # image side -> the bench's teacher, student, pool and sizes
+    # S32: B3's family (a BatchNorm teacher and student) with a held-out set again, 500 selected per class as B3 and
+    # B1-bn. The teacher, a CIFAR ResNet-20 of width 16 (41 MMAC, 0.27 M parameters), costs about B3's ResNet-18 at
+    # 32 px (35 MMAC), so B3's epoch profile applies (docs/throughput.md: 4.4-6.5 ms an image-step, 1 thread): 80
+    # epochs of 7,500 images take 44-65 min; timing the two networks alone at batch 128 (1 thread, load 2.4,
+    # 2026-12-07) gave 2.3 ms an image-step, so about 30 min. Scoring the 131,797-image pool: 1.1 ms an image.
+    32: {
+        "teacher": ("resnet20_w16", "teachers/symbols_resnet20_w16.safetensors"),
+        "student": "mobilenetv3_small_w0.5",  # 0.6 MMAC: 68x fewer multiply-adds than the teacher
+        "pool": [
+            {"builtin": "natural-patches", "count": 60000},
+            {"builtin": "fashion-mnist"},
+            {"builtin": "mnist-train"},
+            {"builtin": "opencv-digits"},
+        ],
+        "per_class": 500,
+        "render": {"train": 1000, "dev": 300, "report": 300},  # images per class of each split
+    },
+    # S96: a real input size, sized for under an hour a seed on 2 cores (the wd_005 row). B3's epoch profile
+    # (docs/throughput.md: teacher forward 28%, student forward 18%, backward 46% of a 0.687 s step at 32 px, 1 thread),
+    # each part scaled by its multiply-adds (teacher 333 vs 35 MMAC, student 11 vs 2.2) and by channels_last's measured
+    # gains, gives 23 ms an image-step on 1 loaded thread; timing the two networks alone at batch 128 (1 thread, load
+    # 2.4, 2026-12-07) gave 8.5 ms teacher forward + 4.4 ms student forward and backward, about 13.5 with the losses.
+    # At 100 per class (1,520 training images) 80 epochs take 27-47 min, scoring the 30,000-image pool 4 min (8.5 ms an
+    # image), evaluating 2,400 images after each epoch and recalibrating BatchNorm about 5: 36-56 min a seed.
+    96: {
+        "teacher": ("torchvision:resnet18", "teachers/symbols_resnet18_96.safetensors"),
+        "student": "torchvision:mobilenet_v3_small",  # 11 MMAC at 96 px, 1.5 M parameters (the teacher: 333, 11.2 M)
+        "pool": [
+            {"builtin": "natural-patches", "count": 20000},  # 32x32 patches, upsampled to 96 px by the pool
+            {"builtin": "fashion-mnist", "count": 5000},
+            {"builtin": "mnist-train"},
+        ],
+        "per_class": 100,
+        "render": {"train": 500, "dev": 150, "report": 150},
+    },
+}
+
+
+def render_command(split: str, size: int) -> str:
+    """The command that renders one split of the symbol benches' data."""
+    per_class = SYMBOL_BENCHES[size]["render"][split]
+    out = f"{SYMBOL_SETS}/{split}-{size}"
+    return f".venv/bin/python scripts/render_symbols.py --split {split} --size {size} --per-class {per_class} --out {out}"
+
+
+def symbol_bench(size: int, split: str) -> dict:
+    """S<size>-dev (split "dev", a development bench) or S<size> (split "report", a reporting bench)."""
+    s = SYMBOL_BENCHES[size]
+    arch, weights = s["teacher"]
+    labeled = f"{SYMBOL_SETS}/{split}-{size}"
+    n = s["render"][split] * len(SYMBOL_CLASSES)
+    twin = split == "dev"
+    pool = ", ".join(p["builtin"] + (f" {p['count']:,}" if "count" in p else "") for p in s["pool"])
+    held = "the train split's fonts and pictures" if twin else "fonts and pictures held out from the teacher, the dev split and the pool"
+    return {
+        "what": (f"development twin of S{size}: " if twin else "reporting bench, never run before the final report: ")
+        + f"{arch} teacher with BatchNorm ({weights}, trained on the symbols train split at {size}x{size} RGB) -> "
+        f"{s['student']}; pool {pool} (nothing rendered), {s['per_class']} selected per class; accuracy on the symbols "
+        f"{split} split ({n:,} images, {held})",
+        "role": "development" if twin else "reporting",
+        "changes": {
+            "name": f"symbols{size}-{arch.split(':')[-1]}-{s['student'].split(':')[-1]}",
+            "teacher": {
+                "arch": arch,
+                "weights": f"../{weights}",
+                "input": {"channels": 3, "size": size, "mean": SYMBOL_MEAN, "std": SYMBOL_STD},
+                "num_classes": len(SYMBOL_CLASSES),
+                "class_names": SYMBOL_CLASSES,
+            },
+            "student": {"arch": s["student"]},
+            "pool": s["pool"],
+            "select": {"per_class": s["per_class"]},
+            "compute": {"channels_last": True},  # 1.27-1.48x on this CPU, same functions (docs/throughput.md)
+            "eval": {"labeled": f"../{labeled}"},
+        },
+        "upper": None,  # the labeled upper bound reads built-in sets only
+        "rows": ["teacher", "kd_random", "wd_005"],
+        # what must be here before the bench runs, and the command that makes it (make_recipe checks, in this order)
+        "needs": [
+            {
+                "path": weights,
+                "make": f"{render_command('train', size)} && .venv/bin/python scripts/train_symbols_teacher.py --size {size}",
+            },
+            {
+                "path": labeled,
+                "make": render_command(split, size),
+                "render": {"split": split, "size": size, "per_class": s["render"][split], "seed": 0},
+            },
+        ],
+    }
+
+
 BENCHES = {
     "B1": {
         "what": "MNIST LeNet-5 teacher -> LeNet-5-half; pool Fashion-MNIST 60k + natural patches 60k + sklearn digits 1,797; "
@@ -152,6 +256,13 @@ BENCHES = {
         "upper": ("mnist-train", None),
         "rows": ["teacher", "ce_upper", "kd_random", "previous", "full", "epochs_80", "epochs_160", "batch_128", "lr_008", "wd_005"],
     },
+    # The symbol benches (issue #27): S32 and S96 report, never run before the final report (none has run as of
+    # 2026-12-07); S32-dev and S96-dev are their development twins. Their teachers and data are not committed yet:
+    # make_recipe says in one line which command makes what is missing.
+    "S32-dev": symbol_bench(32, "dev"),
+    "S32": symbol_bench(32, "report"),
+    "S96-dev": symbol_bench(96, "dev"),
+    "S96": symbol_bench(96, "report"),
 }
 
 # The method before this round of work, as recipes/demo.yaml set it: balanced selection, class-drop top-3 on every
@@ -253,7 +364,28 @@ def merge(base: dict, edits: dict) -> dict:
     return out
 
 
+class MissingBenchFile(SystemExit):
+    """A file a bench needs (its teacher, its rendered evaluation set) is not here, or was rendered otherwise than the
+    bench says: one line, naming the command that makes it (a SystemExit, so a command prints just that line)."""
+
+
+def require_files(bench: str) -> None:
+    """Each of the bench's `needs` (in order) is here, and a rendered set's render.json says what the bench expects."""
+    for need in BENCHES[bench].get("needs", []):
+        path = ROOT / need["path"]
+        if not path.exists():
+            raise MissingBenchFile(f"{bench}: {need['path']} is missing; make it with: {need['make']}")
+        expected = need.get("render")
+        if expected:
+            card = path / "render.json"
+            found = json.loads(card.read_text()) if card.is_file() else {}
+            if any(found.get(k) != v for k, v in expected.items()):
+                got = ", ".join(f"{k} {found.get(k)}" for k in expected) if found else "no render.json"
+                raise MissingBenchFile(f"{bench}: {need['path']} holds another rendering ({got}); make it with: {need['make']} --overwrite")
+
+
 def make_recipe(bench: str, seed: int, epochs: int | None, edits: dict | None = None) -> Recipe:
+    require_files(bench)
     data = merge(yaml.safe_load((RECIPES / "demo.yaml").read_text()), BENCHES[bench]["changes"])
     data.update(seed=seed, targets=[])
     data["distill"].update(epochs=epochs or BENCH_EPOCHS, batch_size=BENCH_BATCH, lr=BENCH_LR, weight_decay=BENCH_WD)
