@@ -42,9 +42,16 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def random_affine(
-    batch: torch.Tensor, generator: torch.Generator, degrees: float, scale: float, shift: float, shear: float
+    batch: torch.Tensor,
+    generator: torch.Generator,
+    degrees: float,
+    scale: float,
+    shift: float,
+    shear: float,
+    reflect: bool = False,
 ) -> torch.Tensor:
-    """Small rotations, zooms, shears and shifts (shift in pixels), drawn per image, applied in one grid_sample."""
+    """Small rotations, zooms, shears and shifts (shift in pixels), drawn per image, applied in one grid_sample; the
+    edges are the digits' background, or reflected (`reflect`: a photo background)."""
     n = batch.shape[0]
 
     def uniform(limit: float) -> torch.Tensor:
@@ -58,8 +65,10 @@ def random_affine(
     shearing[:, 0, 1] = torch.tan(skew)
     translation = torch.stack([uniform(shift), uniform(shift)], 1) * 2 / batch.shape[-1]
     theta = torch.cat([rotation @ shearing / zoom.view(n, 1, 1), translation.unsqueeze(2)], 2)
-    background = -MEAN / STD
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    if reflect:
+        return F.grid_sample(batch, grid, align_corners=False, padding_mode="reflection")
+    background = -MEAN / STD
     return F.grid_sample(batch - background, grid, align_corners=False, padding_mode="zeros") + background
 
 
@@ -122,10 +131,13 @@ def fit(
     report: Callable[[int, float, torch.nn.Module], None],
     report_every: int,
     arch: str = "lenet5",
+    num_classes: int = 10,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda batch: batch,
 ) -> torch.nn.Module:
     """`arch` (LeNet-5 by default) with AdamW + one-cycle and label smoothing 0.05 on `augment`ed batches (and mirrored
-    halves with `hflip`); `report(epoch, mean loss, model)` every `report_every` epochs and after the last."""
-    model = create_model(arch, num_classes=10, in_channels=1, image_size=images.shape[-1])
+    halves with `hflip`); `report(epoch, mean loss, model)` every `report_every` epochs and after the last. `prepare`
+    turns each batch into the model's input (stored images that are not, e.g. uint8, normalized per batch)."""
+    model = create_model(arch, num_classes=num_classes, in_channels=images.shape[1], image_size=images.shape[-1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(images) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
@@ -135,7 +147,7 @@ def fit(
         order = torch.randperm(len(images), generator=generator)
         total_loss = 0.0
         for batch in order.split(args.batch_size):
-            inputs = random_affine(images[batch], generator, **augment)
+            inputs = random_affine(prepare(images[batch]), generator, **augment)
             if hflip:
                 flip = torch.rand(len(batch), generator=generator) < 0.5
                 inputs = torch.where(flip.view(-1, 1, 1, 1), inputs.flip(-1), inputs)

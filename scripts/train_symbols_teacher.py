@@ -18,7 +18,6 @@ that benchmarks/method.py's bench definitions can state the teacher's input with
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shlex
@@ -28,12 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render_symbols import CLASS_NAMES, render
-from train_demo_teacher import ROOT, accuracy, training_arguments, validation_facts, validation_split
+from train_demo_teacher import ROOT, accuracy, fit, training_arguments, validation_facts, validation_split
 
 from edgedistill.config.schema import InputSpec
 from edgedistill.inputs.labeled import read_class_folders
@@ -61,7 +59,7 @@ PRESETS = {  # --size: the teacher of that bench and how it trains
         "float16": True,  # 22 MB instead of 45, as teachers/digits_resnet18
     },
 }
-AUGMENT = {"degrees": 8.0, "scale": 0.1, "shift": 1 / 16, "shear": 5.0}  # shift: a share of the side; no mirroring (glyphs are chiral)
+AUGMENT = {"degrees": 8.0, "scale": 0.1, "shear": 5.0, "reflect": True}  # and shifts of 1/16 of the side; no mirroring (glyphs are chiral)
 
 
 def input_spec(size: int) -> InputSpec:
@@ -72,23 +70,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, S, S) to the teacher's input."""
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
-
-
-def random_affine(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Small rotations, zooms, shears and shifts drawn per image, edges reflected (the backgrounds are photos)."""
-    n, a = batch.shape[0], AUGMENT
-
-    def uniform(limit: float) -> torch.Tensor:
-        return (torch.rand(n, generator=generator) * 2 - 1) * limit
-
-    angle, zoom, skew = uniform(math.radians(a["degrees"])), 1 + uniform(a["scale"]), uniform(math.radians(a["shear"]))
-    rotation = torch.stack([torch.cos(angle), -torch.sin(angle), torch.sin(angle), torch.cos(angle)], 1).view(n, 2, 2)
-    shearing = torch.eye(2).repeat(n, 1, 1)
-    shearing[:, 0, 1] = torch.tan(skew)
-    translation = torch.stack([uniform(a["shift"]), uniform(a["shift"])], 1) * 2
-    theta = torch.cat([rotation @ shearing / zoom.view(n, 1, 1), translation.unsqueeze(2)], 2)
-    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
-    return F.grid_sample(batch, grid, align_corners=False, padding_mode="reflection")
 
 
 def read_train_split(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -110,29 +91,6 @@ def read_train_split(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tenso
     if data.unreadable:
         sys.exit(f"train_symbols_teacher: {len(data.unreadable)} unreadable files under {folder}, e.g. {data.unreadable[0]}")
     return torch.from_numpy(data.images), torch.from_numpy(data.labels), facts
-
-
-def fit(arch: str, images: torch.Tensor, labels: torch.Tensor, args, report) -> torch.nn.Module:
-    """AdamW + one-cycle, label smoothing 0.05, random affine; `report(epoch, loss, model)` after every epoch."""
-    model = create_model(arch, num_classes=len(CLASS_NAMES), in_channels=3, image_size=images.shape[-1])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = math.ceil(len(images) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps)
-    generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=generator)
-        total = 0.0
-        for batch in order.split(args.batch_size):
-            inputs = random_affine(normalize(images[batch]), generator)
-            loss = F.cross_entropy(model(inputs), labels[batch], label_smoothing=0.05)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        report(epoch + 1, total / len(images), model)
-    return model
 
 
 def main() -> None:
@@ -175,7 +133,8 @@ def train(args, preset: dict, started: float) -> None:
             flush=True,
         )
 
-    model = fit(preset["arch"], images, labels, args, report)
+    augment = {**AUGMENT, "shift": args.size / 16}  # in pixels
+    model = fit(images, labels, args, augment, False, report, 1, preset["arch"], len(CLASS_NAMES), normalize)
     if preset["float16"]:
         model = model.half().float()  # stored in float16; validated as stored
     val_accuracy = accuracy(model, val_images, val_labels)
