@@ -170,7 +170,6 @@ def symbol_bench(size: int, split: str) -> dict:
             "student": {"arch": s["student"]},
             "pool": s["pool"],
             "select": {"per_class": s["per_class"]},
-            "compute": {"channels_last": True},  # 1.27-1.48x on this CPU, same functions (docs/throughput.md)
             "eval": {"labeled": f"../{labeled}"},
         },
         "upper": None,  # the labeled upper bound reads built-in sets only
@@ -694,11 +693,13 @@ def evaluation_note(bench: str, stored_what: str) -> str:
     cfg = BENCHES.get(bench)
     if cfg is None:
         return "a bench benchmarks.method no longer defines"
-    if cfg["role"] == "development":
+    if bench == "B3":
         note = (
             "a development set: the bench was run as a reporting bench until issue #27 and its results steered which "
             "defaults were searched (docs/method.md, Reporting runs)"
         )
+    elif cfg["role"] == "development":
+        note = "a development set, where defaults may be tuned; its reporting twin's set is never read before its pre-registered run"
     else:
         note = (
             "the bench's reporting set, on which defaults are not chosen (docs/method.md says where that rule was broken); "

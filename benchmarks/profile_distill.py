@@ -400,6 +400,7 @@ class BareSame:
     batch already in memory; no data loading, augmentation, clipping, scheduler or loss bookkeeping."""
 
     def __init__(self, b: Bench, compute: Compute):
+        self.compute = compute
         self.teacher, self.student = compute.prepare(copy.deepcopy(b.teacher)).eval(), compute.prepare(copy.deepcopy(b.student)).train()
         self.teacher.requires_grad_(False)
         self.ttap, self.stap = FeatureTap(self.teacher), FeatureTap(self.student)
@@ -423,10 +424,11 @@ class BareSame:
         self.steps = 0
 
     def step(self) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), self.compute.autocast():
             tl = self.teacher(self.x).float()
             tf = self.ttap.features.float()
-        sl = self.student(self.x).float()
+        with self.compute.autocast():
+            sl = self.student(self.x).float()
         sf = self.stap.features.float()
         loss = 0.0
         for name, part in self.parts.items():
@@ -465,24 +467,17 @@ class BareKD:
 # ------------------------------------------------------------------------------------- part 5: the relation loss's angles
 
 
-def gram_angles(x: torch.Tensor) -> torch.Tensor:
-    """A candidate for losses._angles: the same cosines <x_j - x_i, x_k - x_i> / (|x_j - x_i| |x_k - x_i|) from the
-    B x B Gram matrix, O(B^2 D + B^3) instead of the O(B^3 D) of explicit differences. Pairs whose difference is ~0
-    (j == i, or a duplicate image) give 0, as F.normalize of a zero vector does. Centring first changes no difference
-    and keeps the Gram matrix's cancellation small."""
-    x = x - x.mean(0, keepdim=True)
-    g = x @ x.T
-    d = g.diagonal()
-    dots = g.unsqueeze(0) - g.unsqueeze(1) - g.unsqueeze(2) + d.view(-1, 1, 1)  # [i, j, k] = <x_j - x_i, x_k - x_i>
-    squared = (d.unsqueeze(0) + d.unsqueeze(1) - 2 * g).clamp_min(0)  # [i, j] = |x_j - x_i|^2
-    apart = squared > 1e-6 * (d.unsqueeze(0) + d.unsqueeze(1)).clamp_min(1e-12)  # the diagonal and duplicates are not
-    inv = torch.where(apart, squared.clamp_min(1e-24).rsqrt(), torch.zeros_like(squared))
-    return (dots * inv.unsqueeze(2) * inv.unsqueeze(1)).flatten()
+def difference_angles(x: torch.Tensor) -> torch.Tensor:
+    """losses._angles as it was until 2026-12-08: RKD's cosines from explicit differences, a B x B x D tensor and an
+    O(B^3 D) bmm. The library now takes them from the Gram matrix; this is the reference it is timed against."""
+    e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(e, e.transpose(1, 2)).flatten()
 
 
 def relation_part(out: Tee, stepper: LibraryStep, rounds: int, reps: int = 5) -> None:
-    """The relation loss's cost on one real batch's features (forward + backward), its angle term alone, and the
-    Gram-matrix angles (gram_angles), interleaved; and how far the Gram angles are from the library's."""
+    """The relation loss's cost on one real batch's features (forward + backward), its angle term alone (the library's
+    Gram-matrix angles) and the explicit differences it replaced (difference_angles), interleaved; and how far apart
+    they are."""
     b, d = stepper.b, stepper.distiller
     batch, _ = stepper.batch()
     x = standardize(augment_batch(batch.float() / 255.0, b.spec.augment, stepper.generator), b.input_spec)
@@ -502,8 +497,8 @@ def relation_part(out: Tee, stepper: LibraryStep, rounds: int, reps: int = 5) ->
 
     fns = {
         "relation loss (library, distance + angle)": lambda s: part(s, teacher),
-        "angle term (library _angles)": lambda s: F.smooth_l1_loss(_angles(s[:k]), _angles(teacher[:k])),
-        "angle term (gram_angles, candidate)": lambda s: F.smooth_l1_loss(gram_angles(s[:k]), gram_angles(teacher[:k])),
+        "angle term (library _angles, Gram matrix)": lambda s: F.smooth_l1_loss(_angles(s[:k]), _angles(teacher[:k])),
+        "angle term (difference_angles, before)": lambda s: F.smooth_l1_loss(difference_angles(s[:k]), difference_angles(teacher[:k])),
     }
     times: dict[str, list[float]] = defaultdict(list)
     for r in range(rounds):
@@ -520,11 +515,12 @@ def relation_part(out: Tee, stepper: LibraryStep, rounds: int, reps: int = 5) ->
         out(f"| {name} | {median(ts):.4f} | {median(ts) / step:.1%} |")
     with torch.no_grad():
         for who, f in (("student", student), ("teacher", teacher)):
-            a, g = _angles(f[:k]), gram_angles(f[:k])
-            out(f"gram_angles vs _angles on the {who}'s features: max |difference| {(a - g).abs().max().item():.2e} (cosines in [-1, 1])")
+            a, g = _angles(f[:k]), difference_angles(f[:k])
+            gap = (a - g).abs().max().item()
+            out(f"_angles vs difference_angles on the {who}'s features: max |difference| {gap:.2e} (cosines in [-1, 1])")
         lib = F.smooth_l1_loss(_angles(student[:k]), _angles(teacher[:k])).item()
-        cand = F.smooth_l1_loss(gram_angles(student[:k]), gram_angles(teacher[:k])).item()
-        out(f"angle loss: library {lib:.6f}, gram {cand:.6f}")
+        before = F.smooth_l1_loss(difference_angles(student[:k]), difference_angles(teacher[:k])).item()
+        out(f"angle loss: library {lib:.6f}, explicit differences {before:.6f}")
     grads = []
     for fn in list(fns.values())[1:]:
         s = student.clone().requires_grad_()
@@ -604,19 +600,24 @@ def main() -> None:
     )
     base = Compute(CPU, None, False, False)
     cl = Compute(CPU, None, True, False)
+    flags = Path("/proc/cpuinfo").read_text()
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    library_computes = {"fp32": base, "channels_last": cl}
+    if native_bf16:
+        library_computes["bf16_channels_last"] = Compute(CPU, torch.bfloat16, True, False)
 
     # ------------------------------------------------------------------------------------------ part 1 (+ bare steps)
     out("\n## 1. The library's distill(): 2 epochs, with evaluate (5,000 images) and monitor (254) every epoch")
-    bare_same = {"fp32": BareSame(b, base), "channels_last": BareSame(b, cl)}
-    bare_kd = {"fp32": BareKD(b, base), "channels_last": BareKD(b, cl)}
+    bare_same = {name: BareSame(b, c) for name, c in library_computes.items()}
+    bare_kd = {name: BareKD(b, c) for name, c in library_computes.items()}
     for bare in bare_same.values():
         bare.block(1)
-    lib: dict[str, list[dict]] = {"fp32": [], "channels_last": []}
+    lib: dict[str, list[dict]] = {name: [] for name in library_computes}
     lib_bare: dict[str, dict[str, list[float]]] = {k: defaultdict(list) for k in lib}
     for r in range(0 if args.no_library else args.library_rounds):
-        order = ["fp32", "channels_last"] if r % 2 == 0 else ["channels_last", "fp32"]
+        order = list(library_computes) if r % 2 == 0 else list(library_computes)[::-1]
         for name in order:
-            compute = base if name == "fp32" else cl
+            compute = library_computes[name]
             res = library_epochs(b, compute, 2)
             lib[name].append(res)
             seconds = bare_same[name].block(args.block)
@@ -653,14 +654,14 @@ def main() -> None:
             f"{parts.get('recalibrate_bn', 0):.2f} | {parts.get('monitor', 0):.2f} | {parts.get('evaluate', 0):.2f} | {b3_epoch:.1f} | "
             f"{extras / b3_epoch:.0%} | {rate:.0f} | {same:.0f} | **{rate / same:.2f}** | {kd:.0f} | **{rate / kd:.2f}** |"
         )
-    if len(rows) == 2:
-        f32, c = rows
-        paired = [a["loops"][1] / bb["loops"][1] for a, bb in zip(lib["fp32"], lib["channels_last"])]
+    extras = ("recalibrate_bn", "monitor", "evaluate")
+    projected = {row[0]: 80 * (row[2] * b3_steps + sum(row[3].get(k, 0) for k in extras)) for row in rows}
+    for name in list(lib)[1:] if rows else ():
+        paired = [a["loops"][1] / bb["loops"][1] for a, bb in zip(lib["fp32"], lib[name])]
         out(
-            f"compute.channels_last: true against the default, distill() epoch-2 loop: {median(paired):.2f}x faster "
+            f"{name} against fp32, distill() epoch-2 loop: {median(paired):.2f}x faster "
             f"(per round: {', '.join(f'{p:.2f}' for p in paired)}); projected B3 80-epoch run "
-            f"{80 * (f32[2] * b3_steps + sum(f32[3].get(k, 0) for k in ('recalibrate_bn', 'monitor', 'evaluate'))) / 60:.0f} min -> "
-            f"{80 * (c[2] * b3_steps + sum(c[3].get(k, 0) for k in ('recalibrate_bn', 'monitor', 'evaluate'))) / 60:.0f} min at this load"
+            f"{projected['fp32'] / 60:.0f} min -> {projected[name] / 60:.0f} min ({projected['fp32'] / projected[name]:.2f}x) at this load"
         )
     out(f"[part 1 done at {now() - began:.0f} s; {load()}]")
 
@@ -668,8 +669,6 @@ def main() -> None:
     out("\n## 2-3. The step, phase by phase, and its variants (interleaved blocks)")
     image_classes = logits_of(b.teacher, b.images, ins, base).argmax(1)
     bf16 = Compute(CPU, torch.bfloat16, False, False)
-    flags = Path("/proc/cpuinfo").read_text()
-    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     variants = [
         Variant("baseline", "the default compute: fp32, contiguous, eager", base),
         Variant("channels_last", "compute.channels_last: true (teacher, student and input)", cl),
@@ -763,7 +762,7 @@ def main() -> None:
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48)
     for line in table.splitlines():
         out(line)
-    out("\n## 5. The relation loss on one real batch's features: its cost, and the angles from the Gram matrix")
+    out("\n## 5. The relation loss on one real batch's features: its cost, the angles from the Gram matrix against explicit differences")
     relation_part(out, steppers["baseline"], args.rounds)
     out(f"[done at {now() - began:.0f} s]")
     machine(out, "end")

@@ -1,12 +1,13 @@
 """Class-drop math and loss invariants, with golden values on fixed inputs."""
 
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgedistill.config.schema import DistillSpec
 from edgedistill.stages.class_drop import drop_classes
-from edgedistill.stages.losses import LOSSES, FeatureLoss, KDLoss, RelationLoss
+from edgedistill.stages.losses import LOSSES, FeatureLoss, KDLoss, RelationLoss, _angles
 
 
 def test_drop_classes_keeps_top_k_and_renormalizes():
@@ -63,6 +64,29 @@ def test_relation_loss_zero_for_same_structure_and_order_invariant():
     s = torch.randn(16, 5, generator=g)
     perm = torch.randperm(16, generator=g)
     torch.testing.assert_close(rel(s, t), rel(s[perm], t[perm]))
+
+
+def test_angles_from_the_gram_matrix_equal_explicit_differences():
+    """_angles computes RKD's cosines from the Gram matrix; the explicit O(B^3 D) differences are the reference for
+    values and gradients. A zero difference (j == i or k == i, a duplicate) gives 0 in both, but the explicit form's
+    gradient there is 1/eps times the upstream gradient, which cancels only up to rounding (or not at all for a
+    duplicate); the Gram form's is 0. So gradients are compared on the other entries."""
+    x = torch.randn(24, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5 + 2
+    reference = lambda v: torch.bmm(*(lambda e: (e, e.transpose(1, 2)))(F.normalize(v.unsqueeze(0) - v.unsqueeze(1), dim=2))).flatten()
+    i, j, k = torch.meshgrid(*[torch.arange(24)] * 3, indexing="ij")
+    w = torch.randn(24**3, dtype=torch.float64) * ((j != i) & (k != i)).flatten()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.testing.assert_close(_angles(a), reference(b))
+    (_angles(a) * w).sum().backward()
+    (reference(b) * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(_angles(x.float()), reference(x.float()), atol=2e-5, rtol=1e-4)
+
+    x[7] = x[3]  # a duplicate image
+    a = x.clone().requires_grad_()
+    torch.testing.assert_close(_angles(a), reference(x))
+    (_angles(a) * w).sum().backward()
+    assert a.grad.abs().max() < 1e3
 
 
 def test_relation_loss_golden_value():

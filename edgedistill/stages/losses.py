@@ -115,8 +115,18 @@ def _pairwise_distances(x: torch.Tensor) -> torch.Tensor:
 
 
 def _angles(x: torch.Tensor) -> torch.Tensor:
-    e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
-    return torch.bmm(e, e.transpose(1, 2)).flatten()
+    """RKD's cosines <x_j - x_i, x_k - x_i> / (|x_j - x_i| |x_k - x_i|) for every (i, j, k), from the B x B Gram matrix:
+    O(B^2 D + B^3) instead of the O(B^3 D) of explicit differences, which took 11-22% of a B3-like step
+    (docs/throughput.md). A difference of ~0 (j == i, or a duplicate image) gives 0, as normalizing a zero vector
+    does. Centring first changes no difference and keeps the Gram matrix's cancellation small."""
+    x = x - x.mean(0, keepdim=True)
+    g = x @ x.T
+    d = g.diagonal()
+    dots = g.unsqueeze(0) - g.unsqueeze(1) - g.unsqueeze(2) + d.view(-1, 1, 1)  # [i, j, k] = <x_j - x_i, x_k - x_i>
+    squared = (d.unsqueeze(0) + d.unsqueeze(1) - 2 * g).clamp_min(0)  # [i, j] = |x_j - x_i|^2
+    apart = squared > 1e-6 * (d.unsqueeze(0) + d.unsqueeze(1)).clamp_min(1e-12)
+    inv = torch.where(apart, squared.clamp_min(1e-24).rsqrt(), torch.zeros_like(squared))
+    return (dots * inv.unsqueeze(2) * inv.unsqueeze(1)).flatten()
 
 
 @LOSSES.register("relation")
