@@ -14,8 +14,9 @@ Five parts, each printed as a table:
 1. The library's own `distill()` (edgedistill.stages.distill.distill), 2 epochs with the pipeline's per-epoch `evaluate`
    and `monitor` callbacks (what DistillStage passes). Timers: the loop's own `train_seconds` from the history, and
    wrappers around `augment_batch`, `Distiller.teacher_outputs`, `recalibrate_batchnorm` and the two callbacks
-   (patched in this process only). The default compute (fp32, contiguous) and `compute.channels_last: true`
-   alternate (A B A B), each next to the bare steps below.
+   (patched in this process only). fp32 contiguous (the CPU default until 2026-12-08), channels_last (the default
+   since) and, where the CPU has native bf16, bf16 with channels_last alternate (A B C C B A), each next to the bare
+   steps below.
 2. The split of one training step: the body of distill()'s loop rewritten here step by step with the library's own
    objects (SelectedBatches + EpochOrder loader, augment_batch, Distiller, AdamW + one-cycle, gradient clipping), with
    `time.perf_counter()` around each phase (the CPU runs every op synchronously, so no synchronisation is needed).
@@ -670,7 +671,7 @@ def main() -> None:
     image_classes = logits_of(b.teacher, b.images, ins, base).argmax(1)
     bf16 = Compute(CPU, torch.bfloat16, False, False)
     variants = [
-        Variant("baseline", "the default compute: fp32, contiguous, eager", base),
+        Variant("baseline", "fp32, contiguous, eager (the CPU default until 2026-12-08)", base),
         Variant("channels_last", "compute.channels_last: true (teacher, student and input)", cl),
         Variant("cl_teacher", "channels_last teacher only (student and input contiguous)", base, channels_last_teacher=True),
         Variant("cl_student", "channels_last student only (teacher and input contiguous)", base, channels_last_student=True),
