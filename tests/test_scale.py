@@ -193,7 +193,9 @@ def test_two_ranks_select_what_one_process_selects_and_train_a_student_that_vali
     assert gate.returncode == 3, gate.stdout + gate.stderr  # the verdict reaches CI
     a, b = np.load(tmp_path / "one" / "selected.npz"), np.load(tmp_path / "two" / "selected.npz")
     np.testing.assert_array_equal(a["pool_index"], b["pool_index"])
-    np.testing.assert_array_equal(a["probs"], b["probs"])
+    # The same images, scored in other batches: channels_last kernels (the CPU default since 2026-12-08) may round a
+    # probability differently by batch split (once 5 of 8,000 values, by 4e-9); the selection itself must not change.
+    np.testing.assert_allclose(a["probs"], b["probs"], rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(np.load(tmp_path / "one" / "selected_images.npy"), np.load(tmp_path / "two" / "selected_images.npy"))
     selection = json.loads((tmp_path / "two" / "selection.json").read_text())
     assert selection["selected_from_source"].keys() == {"shards/pool-{0000..0006}.tar", "sklearn-digits"}
