@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from edgedistill.backends.base import cpu_flags, machine_facts
 from edgedistill.models.factory import create_model
 from edgedistill.scale.compute import Compute
 from edgedistill.scale.throughput import bare_step_rate
@@ -51,9 +52,8 @@ def main() -> None:
         print(text, flush=True)
         lines.append(text)
 
-    flags = Path("/proc/cpuinfo").read_text()
-    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?")
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() or set()))
+    model = machine_facts()["cpu_model"] or "?"
     out(f"# .venv/bin/python -m benchmarks.memory_format --rounds {args.rounds} --seconds {args.seconds} --threads {args.threads}")
     out(
         f"CPU {model}, {os.cpu_count()} CPUs, native bf16 {native_bf16}; torch {torch.__version__} "

@@ -241,6 +241,8 @@ BENCHES = {
         "trained on mnist-train at 32x32) -> torchvision MobileNetV3-Small; the B1 pool at 32x32, 500 selected per class; "
         "accuracy on opencv-digits (5,000 digits of OpenCV's sheet, handwriting from another source)",
         "role": "development",
+        "set_note": "a development set: the bench was run as a reporting bench until issue #27 and its results steered which "
+        "defaults were searched (docs/method.md, Reporting runs)",
         "changes": {
             "name": "digits-resnet18-mobilenetv3",
             "teacher": {
@@ -693,11 +695,8 @@ def evaluation_note(bench: str, stored_what: str) -> str:
     cfg = BENCHES.get(bench)
     if cfg is None:
         return "a bench benchmarks.method no longer defines"
-    if bench == "B3":
-        note = (
-            "a development set: the bench was run as a reporting bench until issue #27 and its results steered which "
-            "defaults were searched (docs/method.md, Reporting runs)"
-        )
+    if "set_note" in cfg:
+        note = cfg["set_note"]
     elif cfg["role"] == "development":
         note = "a development set, where defaults may be tuned; its reporting twin's set is never read before its pre-registered run"
     else:

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from edgedistill.backends.base import machine_facts
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(ROOT / ".venv" / "bin" / "edgedistill")
 DONE = re.compile(r"INFO (\w+): done in ([0-9.]+) s")
@@ -65,16 +67,8 @@ def _uptime() -> str:
         return f"load {_load()}"
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    except OSError:
-        return platform.processor() or "?"
-
-
 def _machine() -> dict:
-    return {"time": time.strftime("%H:%M:%S"), "uptime": _uptime(), "load": _load(), "cpu": _cpu()}
+    return {"time": time.strftime("%H:%M:%S"), "uptime": _uptime(), "load": _load(), "cpu": machine_facts()["cpu_model"] or "?"}
 
 
 def _run(cmd: list[str], run_dir: Path, log: Path) -> dict:

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 import yaml
 
 import edgedistill.stages.distill as distill_module
+from edgedistill.backends.base import cpu_flags
 from edgedistill.config.schema import ClassDropSpec, DistillSpec, InputSpec
 from edgedistill.inputs.images import normalize, standardize
 from edgedistill.models.features import FeatureTap
@@ -601,8 +602,7 @@ def main() -> None:
     )
     base = Compute(CPU, None, False, False)
     cl = Compute(CPU, None, True, False)
-    flags = Path("/proc/cpuinfo").read_text()
-    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() or set()))
     library_computes = {"fp32": base, "channels_last": cl}
     if native_bf16:
         library_computes["bf16_channels_last"] = Compute(CPU, torch.bfloat16, True, False)

@@ -72,7 +72,11 @@ def test_angles_from_the_gram_matrix_equal_explicit_differences():
     gradient there is 1/eps times the upstream gradient, which cancels only up to rounding (or not at all for a
     duplicate); the Gram form's is 0. So gradients are compared on the other entries."""
     x = torch.randn(24, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5 + 2
-    reference = lambda v: torch.bmm(*(lambda e: (e, e.transpose(1, 2)))(F.normalize(v.unsqueeze(0) - v.unsqueeze(1), dim=2))).flatten()
+
+    def reference(v: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(v.unsqueeze(0) - v.unsqueeze(1), dim=2)
+        return torch.bmm(e, e.transpose(1, 2)).flatten()
+
     i, j, k = torch.meshgrid(*[torch.arange(24)] * 3, indexing="ij")
     w = torch.randn(24**3, dtype=torch.float64) * ((j != i) & (k != i)).flatten()
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
