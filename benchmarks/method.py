@@ -51,11 +51,13 @@ from edgedistill.atomic import atomic_write_text
 from edgedistill.config.schema import Recipe
 from edgedistill.inputs.builtin import FASHION_CLASSES, load_builtin
 from edgedistill.inputs.images import convert_array, standardize
-from edgedistill.inputs.labeled import load_labeled
+from edgedistill.inputs.labeled import load_labeled, read_class_folders
 from edgedistill.pipeline import build_student, compress, load_teacher
 from edgedistill.recipe import recipe_from_dict
 from edgedistill.results.rundir import RunDir, package_versions
+from edgedistill.scale.compute import resolve_compute
 from edgedistill.stages.augment import augment_batch
+from edgedistill.stages.distill import recalibrate_batchnorm
 from edgedistill.stages.validate import predict_torch
 
 from . import preregister
@@ -105,7 +107,8 @@ SYMBOL_BENCHES = {  # image side -> the bench's teacher, student, pool and sizes
     # 2026-12-07) gave 2.3 ms an image-step, so about 30 min. Scoring the 131,797-image pool: 1.1 ms an image.
     32: {
         "teacher": ("resnet20_w16", "teachers/symbols_resnet20_w16.safetensors"),
-        "student": "mobilenetv3_small_w0.5",  # 0.6 MMAC: 68x fewer multiply-adds than the teacher
+        "student": "mobilenetv3_small_w0.5",  # 1.8 MMAC with the zoo's stride-1 stem below 64 px (0.6 with
+        # the ImageNet stem, which S32-dev's first run had): 23x fewer multiply-adds than the teacher
         "pool": [
             {"builtin": "natural-patches", "count": 60000},
             {"builtin": "fashion-mnist"},
@@ -172,13 +175,18 @@ def symbol_bench(size: int, split: str) -> dict:
             "select": {"per_class": s["per_class"]},
             "eval": {"labeled": f"../{labeled}"},
         },
-        "upper": None,  # the labeled upper bound reads built-in sets only
-        "rows": ["teacher", "kd_random", "wd_005"],
+        "upper": (f"{SYMBOL_SETS}/train-{size}", None),  # the teacher's own training images
+        "rows": ["teacher", "ce_upper", "kd_random", "wd_005"],
         # what must be here before the bench runs, and the command that makes it (make_recipe checks, in this order)
         "needs": [
             {
                 "path": weights,
                 "make": f"{render_command('train', size)} && .venv/bin/python scripts/train_symbols_teacher.py --size {size}",
+            },
+            {  # the labeled upper bound's training images
+                "path": f"{SYMBOL_SETS}/train-{size}",
+                "make": render_command("train", size),
+                "render": {"split": "train", "size": size, "per_class": s["render"]["train"], "seed": 0},
             },
             {
                 "path": labeled,
@@ -443,9 +451,11 @@ def run_row(recipe: Recipe, run: Path, selections: dict[str, Path]) -> dict:
 
 
 def train_ce(recipe: Recipe, images: np.ndarray, labels: np.ndarray, epochs: int, seed: int, evaluate) -> list:
-    """The upper bound: the same student, optimizer, schedule and affine augmentation, cross-entropy on true labels."""
+    """The upper bound: the same student, compute, optimizer, schedule and affine augmentation, cross-entropy on true
+    labels; a BatchNorm student's statistics are recalibrated before each evaluation, as distill does."""
     torch.manual_seed(seed)
-    student = build_student(recipe)
+    compute = resolve_compute(recipe.compute, torch.device("cpu"))
+    student = compute.prepare(build_student(recipe))
     spec, d = recipe.teacher.input, recipe.distill
     # affine only: mixing images without mixing their hard labels would teach wrong labels
     augment = d.augment and d.augment.model_copy(update={"cutmix": 0.0, "mosaic": 0.0, "mixup": 0.0})
@@ -465,11 +475,12 @@ def train_ce(recipe: Recipe, images: np.ndarray, labels: np.ndarray, epochs: int
             batch = x[idx].float() / 255.0
             if augment is not None:
                 batch = augment_batch(batch, augment, g)
-            loss = F.cross_entropy(student(standardize(batch, spec)), y[idx])
+            loss = F.cross_entropy(student(compute.input(standardize(batch, spec))), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+        recalibrate_batchnorm(student, images, np.arange(len(images)), spec, compute, d.batch_size, seed)
         seconds = time.perf_counter() - started
         curve.append((round(seconds, 2), evaluate(student.eval())))
         started += time.perf_counter() - started - seconds  # evaluation does not count
@@ -517,8 +528,13 @@ def run_bench(bench: str, mode: str, seed: int, only_rows: list[str] | None, log
         load = os.getloadavg()[0]
         if k == "ce_upper":
             name, count = cfg["upper"]
-            data = load_builtin(name, count=count, seed=seed)
-            images, labels = convert_array(data.images, spec), data.labels.astype(np.int64)
+            if "/" in name:  # a class-folder set under the repository root (the symbol benches' train split)
+                data = read_class_folders(ROOT / name, spec, base.teacher.class_names, base.teacher.num_classes, count, seed=seed)
+                images = data.images
+            else:
+                data = load_builtin(name, count=count, seed=seed)
+                images = convert_array(data.images, spec)
+            labels = data.labels.astype(np.int64)
             about = 0.8 * base.select.per_class * base.teacher.num_classes  # what a distillation row trains on
             epochs = math.ceil(base.distill.epochs * about / len(images))  # so about the distillation rows' steps
             curve = train_ce(make_recipe(bench, seed, m["epochs"]), images, labels, epochs, seed, accuracy_of)

@@ -11,7 +11,8 @@ For each seed and each budget:
 2. every fitting candidate is fully distilled *once per seed*, in one run directory per (seed, arch) (OUT/seed-S/arch-A)
    whose recipe differs between budgets only in `targets`: on a later budget `compress` skips select, distill and
    export ("distill: up to date, skipped", checked) and only validates again, at the new budget. Each candidate is
-   scored on the labeled MNIST hold-out (labels used here only, to judge the choice): oracle = best fitting candidate,
+   scored on mnist-train, B1's development set (labels used here only, to judge the choice; the seed-0 run
+   of 2026-12-07 scored on mnist-heldout, B1's reporting set): oracle = best fitting candidate,
    regret = oracle accuracy minus the chosen one's, in points; the chosen student's accuracy and gate verdict are those
    of its own per-arch run (same recipe, same seed);
 3. cost: the full `compress` of the chosen student = plan stage seconds + that per-arch run's select, distill and
@@ -38,6 +39,8 @@ from pathlib import Path
 import yaml
 
 from edgedistill.backends.base import machine_facts
+from edgedistill.errors import BadInput
+from edgedistill.results.report import Report
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(ROOT / ".venv" / "bin" / "edgedistill")
@@ -51,6 +54,7 @@ def _recipe(path: Path, out: Path, budget: float, epochs: int, seed: int, studen
     data["teacher"]["weights"] = str(ROOT / "teachers" / "mnist_lenet5.safetensors")
     data["distill"]["epochs"] = epochs
     data["student"] = student
+    data["eval"] = {"labeled": "builtin:mnist-train"}  # B1's development set: mnist-heldout reports, pre-registered
     data["targets"] = [{"name": "cpu", "runtime": "onnxruntime", "threads": 1, "also_time": [], "budget": {"p99_ms": budget}}]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -310,9 +314,9 @@ def main() -> None:
                 ran = _run(
                     [EXE, "compress", str(recipe), "--run-dir", str(arun)], arun, out / "logs" / f"seed-{seed}-{name}-{budget:g}.log"
                 )
-                try:
-                    report = json.loads((arun / "report.json").read_text())
-                except (OSError, ValueError):
+                try:  # the project's one report reader (validated, any schema version), as a dict
+                    report = Report.read(arun / "report.json").as_json()
+                except BadInput:
                     report = None
                 if report is None or not report.get("targets"):
                     known["failed"] = f"exit {ran['exit']}, no report; see {ran['log']}"

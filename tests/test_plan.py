@@ -90,6 +90,13 @@ def test_ladders_build_and_old_names_stay():
     model = create_model("resnet8_w8", 7, 1)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
     assert create_model("mobilenetv3_small_w0.35", 5, 1)(torch.zeros(2, 1, 64, 64)).shape == (2, 5)
+
+
+def test_zoo_mobilenets_take_a_stride_1_stem_below_64_px():
+    assert create_model("mobilenetv3_small_w0.5", 16, 3, 32).features[0][0].stride == (1, 1)
+    assert create_model("mobilenetv3_large_w0.35", 10, 1, 28).features[0][0].stride == (1, 1)
+    assert create_model("mobilenetv3_small_w0.5", 16, 3, 64).features[0][0].stride == (2, 2)
+    assert create_model("mobilenetv3_small_w0.5", 16, 3, 224).features[0][0].stride == (2, 2)
     assert "lenet5_w0.5" in auto_ladder(1, 28) and all("mobilenet" in n for n in auto_ladder(3, 224))
 
 
@@ -155,16 +162,22 @@ def test_filter_on_real_timings_met_missed_inconclusive(tmp_path, runtime, preci
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def test_cache_key_changes_with_runtime_precision_and_input():
+def test_cache_key_changes_with_runtime_precision_input_and_network():
     base = TargetSpec(name="t")
-    key = plan_stage.cache_key("lenet5", 10, SPEC, "fp32", base)
-    assert key == plan_stage.cache_key("lenet5", 10, SPEC, "fp32", base.model_copy(update={"name": "other-name"}))
+    net = create_model("lenet5", 10, 1, 28)
+    key = plan_stage.cache_key("lenet5", net, 10, SPEC, "fp32", base)
+    assert key == plan_stage.cache_key(
+        "lenet5", create_model("lenet5", 10, 1, 28), 10, SPEC, "fp32", base.model_copy(update={"name": "other-name"})
+    )
+    strided = create_model("lenet5", 10, 1, 28)
+    strided.features[0].stride = (2, 2)  # the same name building another network (a zoo or plugin change)
     for changed in (
-        plan_stage.cache_key("lenet5", 10, SPEC, "int8", base),
-        plan_stage.cache_key("lenet5", 10, SPEC, "fp32", base.model_copy(update={"runtime": "openvino"})),
-        plan_stage.cache_key("lenet5", 10, SPEC.model_copy(update={"size": 32}), "fp32", base),
-        plan_stage.cache_key("lenet5", 10, SPEC, "fp32", base.model_copy(update={"threads": 2})),
-        plan_stage.cache_key("lenet5", 100, SPEC, "fp32", base),
+        plan_stage.cache_key("lenet5", net, 10, SPEC, "int8", base),
+        plan_stage.cache_key("lenet5", net, 10, SPEC, "fp32", base.model_copy(update={"runtime": "openvino"})),
+        plan_stage.cache_key("lenet5", net, 10, SPEC.model_copy(update={"size": 32}), "fp32", base),
+        plan_stage.cache_key("lenet5", net, 10, SPEC, "fp32", base.model_copy(update={"threads": 2})),
+        plan_stage.cache_key("lenet5", net, 100, SPEC, "fp32", base),
+        plan_stage.cache_key("lenet5", strided, 10, SPEC, "fp32", base),
     ):
         assert changed != key
     facts = plan_stage.device_facts(base)
@@ -284,7 +297,9 @@ def test_plan_times_over_ssh(tmp_path, sshd_server):
     plan = plan_stage.plan_students(recipe, _teacher(recipe), train, holdout, tmp_path)
     row = plan["candidates"][0]["targets"][0]
     assert row["error"] is None and row["latency"]["p99_ms"] > 0
-    key = plan_stage.cache_key("lenet5_w0.25", 10, SPEC, "fp32", recipe.targets[0].resolved(recipe))
+    key = plan_stage.cache_key(
+        "lenet5_w0.25", create_model("lenet5_w0.25", 10, 1, 28), 10, SPEC, "fp32", recipe.targets[0].resolved(recipe)
+    )
     assert key["ssh"] == sshd_server.destination and "cpu_model" not in key
     assert row["source"] == "measured" and row["facts"]  # cached only when neither noisy nor contended (LatencyCache)
 

@@ -242,3 +242,36 @@ def test_a_users_file_in_the_run_directory_is_refused_before_any_stage(run):
     assert result.exit_code == 2 and "teacher.onnx: not written by an edgedistill run" in result.output, result.output
     assert (run / "run" / "teacher.onnx").read_bytes() == b"the user's model"
     assert (run / "run" / "selection.json").stat().st_mtime_ns == selection
+
+
+STUDENT_MODULE = """
+from torch import nn
+
+STRIDE = 1  # a test changes it: the same name then builds another network
+
+
+def build(num_classes=10, in_channels=1):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, STRIDE, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
+    )
+"""
+
+
+def test_a_student_name_that_builds_another_network_is_distilled_again(run):
+    """An upgrade can change what an architecture's name builds (the zoo's MobileNetV3 stems below 64 px did): the
+    rerun distills again instead of keeping a student of the old network."""
+    import sys
+
+    (run / "stale_student_net.py").write_text(STUDENT_MODULE)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["student"] = {"arch": "stale_student_net:build"}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    try:
+        assert compress(run).exit_code == 0
+        assert "distill: up to date, skipped" in compress(run).output
+        sys.modules["stale_student_net"].STRIDE = 2
+        rerun = compress(run)
+        assert rerun.exit_code == 0, rerun.output
+        assert "distill: redone: the recipe's student network changed" in rerun.output
+    finally:
+        sys.modules.pop("stale_student_net", None)

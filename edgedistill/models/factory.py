@@ -4,6 +4,7 @@ stem and classifier sized to the task."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import sys
@@ -116,7 +117,7 @@ class BuiltinSource(ArchSource):
                 f"unknown architecture {name!r}{did_you_mean(name, ZOO.names())}; built-in: {', '.join(ZOO.names())}, "
                 f"or {', '.join(f'{p}:NAME' for p in prefixes())}, module.path:callable"
             )
-        return ZOO.get(name)(num_classes=num_classes, in_channels=in_channels)
+        return ZOO.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
 @ARCH_SOURCES.register("torchvision")
@@ -323,6 +324,14 @@ def count_parameters(model: nn.Module) -> int:
     if isinstance(model, ExternalModel):
         return model.parameter_count()
     return sum(p.numel() for p in model.parameters())
+
+
+def model_structure(model: nn.Module) -> str:
+    """A digest of a network's layers (their printed configuration) and parameter shapes: what a name builds, so a
+    cached timing or a distilled student is not reused after the name comes to build another network (a zoo or plugin
+    change under the same name)."""
+    shapes = [(name, tuple(p.shape)) for name, p in model.state_dict().items()]
+    return hashlib.sha256(f"{model!r}{shapes}".encode()).hexdigest()[:16]
 
 
 def check_model_runs(model: nn.Module, input_spec: Any, num_classes: int, who: str) -> nn.Module:

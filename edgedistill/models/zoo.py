@@ -36,12 +36,12 @@ class LeNet5(nn.Module):
 
 
 @ZOO.register("lenet5")
-def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None) -> nn.Module:
     return LeNet5(num_classes, in_channels, 1.0)
 
 
 @ZOO.register("lenet5_half")
-def lenet5_half(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def lenet5_half(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None) -> nn.Module:
     return LeNet5(num_classes, in_channels, 0.5)
 
 
@@ -57,7 +57,9 @@ def _width_name(width: float) -> str:
 
 
 for _w in LENET_WIDTHS:
-    ZOO.register(f"lenet5_w{_width_name(_w)}")(lambda num_classes=10, in_channels=1, _w=_w: LeNet5(num_classes, in_channels, _w))
+    ZOO.register(f"lenet5_w{_width_name(_w)}")(
+        lambda num_classes=10, in_channels=1, image_size=None, _w=_w: LeNet5(num_classes, in_channels, _w)
+    )
 
 
 class _BasicBlock(nn.Module):
@@ -107,28 +109,38 @@ RESNET_WIDTHS = (8, 16, 32)
 
 for _d in RESNET_DEPTHS:
     for _w in RESNET_WIDTHS:
-        ZOO.register(f"resnet{_d}_w{_w}")(lambda num_classes=10, in_channels=3, _d=_d, _w=_w: CifarResNet(_d, num_classes, in_channels, _w))
+        ZOO.register(f"resnet{_d}_w{_w}")(
+            lambda num_classes=10, in_channels=3, image_size=None, _d=_d, _w=_w: CifarResNet(_d, num_classes, in_channels, _w)
+        )
 
 
 MOBILENET_WIDTHS = {"small": (0.35, 0.5, 0.75, 1.0), "large": (0.35, 0.5, 0.75, 1.0)}
 
 
-def mobilenet_v3(size: str, width: float, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
-    """torchvision's MobileNetV3-Small/Large at a width multiplier, random init, stem adapted to `in_channels`."""
+SMALL_INPUT = 64  # below this side the zoo's MobileNetV3s take a stride-1 stem
+
+
+def mobilenet_v3(size: str, width: float, num_classes: int = 1000, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
+    """torchvision's MobileNetV3-Small/Large at a width multiplier, random init, stem adapted to `in_channels`; below
+    SMALL_INPUT px the stem has stride 1, as CIFAR adaptations do. The ImageNet stem halves a 32-px image before the
+    first block and leaves the last stages at 1x1: trained on labels alone (S32-dev's symbols, lr 0.008), w0.5 was at
+    11% after 2 epochs with it and 41% without, and w1 had not left chance after 13 epochs (docs/method.md)."""
     import torchvision
 
     build = torchvision.models.mobilenet_v3_small if size == "small" else torchvision.models.mobilenet_v3_large
     model = build(weights=None, num_classes=num_classes, width_mult=width)
+    conv = model.features[0][0]
     if in_channels != 3:
-        conv = model.features[0][0]
-        model.features[0][0] = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+        conv = model.features[0][0] = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    if image_size is not None and image_size < SMALL_INPUT:
+        conv.stride = (1, 1)
     return model
 
 
 for _s, _ws in MOBILENET_WIDTHS.items():
     for _w in _ws:
         ZOO.register(f"mobilenetv3_{_s}_w{_width_name(_w)}")(
-            lambda num_classes=10, in_channels=3, _s=_s, _w=_w: mobilenet_v3(_s, _w, num_classes, in_channels)
+            lambda num_classes=10, in_channels=3, image_size=None, _s=_s, _w=_w: mobilenet_v3(_s, _w, num_classes, in_channels, image_size)
         )
 
 LADDERS: dict[str, tuple[str, ...]] = {

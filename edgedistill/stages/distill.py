@@ -22,6 +22,7 @@ from ..atomic import atomic_path, atomic_torch_save, atomic_write_json
 from ..config.schema import ClassDropSpec, DistillSpec, InputSpec, Recipe, RefineSpec
 from ..errors import BadInput
 from ..inputs.images import normalize, standardize
+from ..models.factory import model_structure
 from ..models.features import FeatureTap, describe_feature_layer
 from ..results import report
 from ..results.rundir import RunDir
@@ -470,8 +471,13 @@ class DistillStage(Stage):
     ranked = True
 
     def extra_inputs(self, ctx: RunContext) -> dict:
-        plan = ctx.result("plan")  # the chosen student, not the candidates
-        return {"student": plan.student.model_dump(mode="json")} if plan is not None else {}
+        """The chosen student (not the candidates), and the network its name builds: an upgrade that changes what a
+        name builds (the zoo's MobileNetV3 stems below 64 px, 2026-12-08) distills again."""
+        plan = ctx.result("plan")
+        if plan is None and ctx.applies("plan"):
+            return {}  # not chosen yet: the stage cannot be up to date anyway
+        parts = {"student": plan.student.model_dump(mode="json")} if plan is not None else {}
+        return parts | {"student network": model_structure(build_student(ctx.student_recipe))}
 
     def run(self, ctx: RunContext, progress: Progress) -> TrainedStudent | None:
         r, w = ctx.student_recipe, ctx.world

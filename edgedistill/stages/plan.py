@@ -35,7 +35,7 @@ from ..backends.base import LatencyStats, machine_facts
 from ..config.schema import Budget, InputSpec, Recipe, StudentSpec, TargetSpec
 from ..errors import BadInput, BudgetFailed, EdgeDistillError, TargetUnavailable
 from ..inputs.labeled import EvalSet
-from ..models.factory import build_student_model, count_parameters, student_candidates
+from ..models.factory import build_student_model, count_parameters, model_structure, student_candidates
 from ..results import report
 from ..results.plan import PLAN_PAGES, print_plan, write_plan_files
 from ..version import __version__
@@ -148,9 +148,10 @@ def device_facts(target: TargetSpec) -> dict:
     return facts
 
 
-def cache_key(arch: str, num_classes: int, spec: InputSpec, precision: str, target: TargetSpec) -> dict:
+def cache_key(arch: str, model: nn.Module, num_classes: int, spec: InputSpec, precision: str, target: TargetSpec) -> dict:
     return {
         "arch": arch,
+        "structure": model_structure(model),
         "input": [spec.channels, spec.size, spec.size],
         "classes": num_classes,
         "precision": precision,
@@ -357,7 +358,7 @@ def plan_students(
         made: dict[str, Path] = {}
         with tempfile.TemporaryDirectory(prefix=".plan.", suffix=".part", dir=work_dir) as scratch:
             for target in targets:
-                key = cache_key(c.arch, r.teacher.num_classes, spec, target.precision, target)
+                key = cache_key(c.arch, c.model, r.teacher.num_classes, spec, target.precision, target)
                 entry = cache.get(key)
                 if entry is not None and any(v["verdict"] == "inconclusive" for v in judge(target, entry["latency"])):
                     entry = None  # a cached figure this budget cannot settle is measured again, like the gate's retry
