@@ -41,7 +41,6 @@ import contextlib
 import copy
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -59,7 +58,7 @@ import torch.nn.functional as F
 import yaml
 
 import edgedistill.stages.distill as distill_module
-from edgedistill.backends.base import cpu_flags
+from edgedistill.backends.base import cpu_flags, machine_facts
 from edgedistill.config.schema import ClassDropSpec, DistillSpec, InputSpec
 from edgedistill.inputs.images import normalize, standardize
 from edgedistill.models.features import FeatureTap
@@ -106,19 +105,12 @@ class Tee:
 
 def machine(out: Tee, when: str) -> None:
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_line = next((line for line in lscpu.splitlines() if "Model name" in line), f"Model name: {model}")
-    flags = set(re.findall(r"\S+", next((line for line in cpuinfo if line.startswith("flags")), "")))
+    flags, model = cpu_flags() or set(), machine_facts()["cpu_model"] or "?"
     wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni"]
     have = [f for f in wanted if f in flags]
     lacks = [f for f in wanted if f not in flags]
     out(f"[{when}] {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  uptime: {uptime}")
-    out(
-        f"[{when}] {' '.join(model_line.split())}; {os.cpu_count()} CPUs; "
-        f"flags present: {', '.join(have) or 'none'}; absent: {', '.join(lacks)}"
-    )
+    out(f"[{when}] Model name: {model}; {os.cpu_count()} CPUs; flags present: {', '.join(have) or 'none'}; absent: {', '.join(lacks)}")
 
 
 def load() -> str:
