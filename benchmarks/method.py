@@ -183,15 +183,15 @@ def symbol_bench(size: int, split: str) -> dict:
                 "path": weights,
                 "make": f"{render_command('train', size)} && .venv/bin/python scripts/train_symbols_teacher.py --size {size}",
             },
-            {  # the labeled upper bound's training images
-                "path": f"{SYMBOL_SETS}/train-{size}",
-                "make": render_command("train", size),
-                "render": {"split": "train", "size": size, "per_class": s["render"]["train"], "seed": 0},
-            },
             {
                 "path": labeled,
                 "make": render_command(split, size),
                 "render": {"split": split, "size": size, "per_class": s["render"][split], "seed": 0},
+            },
+            {  # the labeled upper bound's training images
+                "path": f"{SYMBOL_SETS}/train-{size}",
+                "make": render_command("train", size),
+                "render": {"split": "train", "size": size, "per_class": s["render"]["train"], "seed": 0},
             },
         ],
     }

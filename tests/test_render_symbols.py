@@ -184,3 +184,10 @@ def test_a_bench_without_its_teacher_or_data_says_what_to_run(method, monkeypatc
         method.MissingBenchFile, match=r"holds another rendering \(split dev, size 32, per_class 5, seed 0\).* --overwrite$"
     ):
         method.make_recipe("S32-dev", 0, None)
+    (tmp_path / "runs" / "symbols" / "dev-32" / "render.json").write_text(
+        json.dumps({"split": "dev", "size": 32, "per_class": 300, "seed": 0})
+    )
+    with pytest.raises(
+        method.MissingBenchFile, match=r"^S32-dev: runs/symbols/train-32 is missing; make it with: .*--split train --size 32"
+    ):
+        method.make_recipe("S32-dev", 0, None)  # the labeled upper bound's images
